@@ -1,0 +1,143 @@
+"""Stage 2, decoded signals: each drive's logs as columnar Parquet, one table per stream."""
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+    asset,
+)
+
+from ad_assets.core.inspect_logs import classify
+from ad_assets.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
+from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_resources.lake import Lake, catalog_record_path, decoded_path
+from ad_resources.landing import LandingZone
+
+DECODED_GROUP = "decoded"
+
+
+def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "market": market,
+                "drive_id": drive_id,
+                "stream": s.name,
+                "kind": s.kind,
+                "source_file": s.source_file,
+                "rows": s.rows,
+                "start_ns": s.start_ns,
+                "end_ns": s.end_ns,
+                "rate_hz": s.rate_hz,
+                "status": s.status,
+                "error": s.error,
+                "parquet": f"{decoded_path(market, drive_id)}/{Path(str(s.parquet)).name}" if s.parquet else None,
+                "decoder_version": DECODER_VERSION,
+            }
+            for s in report.streams
+        ],
+        schema=pa.schema(
+            [
+                ("market", pa.string()),
+                ("drive_id", pa.string()),
+                ("stream", pa.string()),
+                ("kind", pa.string()),
+                ("source_file", pa.string()),
+                ("rows", pa.int64()),
+                ("start_ns", pa.int64()),
+                ("end_ns", pa.int64()),
+                ("rate_hz", pa.float64()),
+                ("status", pa.string()),
+                ("error", pa.string()),
+                ("parquet", pa.string()),
+                ("decoder_version", pa.string()),
+            ]
+        ),
+    )
+
+
+def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DriveDecodeReport:
+    """Decode a registered drive into the lake atomically; the DBCs are the market's current ones."""
+    logs = [f for f in landing.drive_files(market, drive_id) if classify(Path(f.name)) in ("mdf4", "mcap")]
+    with contextlib.ExitStack() as stack:
+        inputs = [stack.enter_context(landing.local_file(market, drive_id, f.name)) for f in logs]
+        dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]
+        dbcs += [
+            stack.enter_context(landing.local_file(market, drive_id, f.name))
+            for f in landing.drive_files(market, drive_id)
+            if classify(Path(f.name)) == "dbc"
+        ]
+        with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
+            report = decode_drive(inputs, out_dir, dbcs, log=log.info)
+    lake.write_table(catalog_record_path("decoded_streams", market, drive_id), _streams_table(market, drive_id, report))
+    return report
+
+
+def _report_metadata(report: DriveDecodeReport, lake: Lake, market: str, drive_id: str) -> dict[str, Any]:
+    ok = [s for s in report.streams if s.status != "skipped"]
+    rows = "\n".join(
+        f"| {s.name} | {s.kind} | {s.rows} | {'' if s.rate_hz is None else f'{s.rate_hz:.1f}'} | "
+        f"{'' if s.start_ns is None or s.end_ns is None else f'{(s.end_ns - s.start_ns) / 1e9:.1f}'} | "
+        f"{s.status} | {s.error or ''} |"
+        for s in report.streams
+    )
+    metadata: dict[str, Any] = {
+        "dagster/row_count": sum(s.rows for s in ok),
+        "streams": len(ok),
+        "skipped_streams": len(report.streams) - len(ok),
+        "path": MetadataValue.path(lake.uri(decoded_path(market, drive_id))),
+        "decoder_version": DECODER_VERSION,
+        "seconds": round(report.seconds, 2),
+        "mb_per_s": round(report.bytes_in / 1e6 / report.seconds, 1) if report.seconds else None,
+        "stream_summary": MetadataValue.md(
+            "| stream | kind | rows | rate Hz | span s | status | error |\n|---|---|---|---|---|---|---|\n" + rows
+        ),
+    }
+    if ok:
+        widest = max(ok, key=lambda s: len(s.columns))
+        metadata["dagster/column_schema"] = TableSchema(
+            columns=[TableColumn(name, description=unit or None) for name, unit in widest.columns.items()]
+        )
+        if widest.preview:
+            header = list(widest.preview[0])
+            lines = [" | ".join(header), " | ".join("---" for _ in header)]
+            lines += [" | ".join(str(row.get(c, ""))[:24] for c in header) for row in widest.preview]
+            metadata["preview"] = MetadataValue.md(f"`{widest.name}`\n\n" + "\n".join(f"| {line} |" for line in lines))
+    return metadata
+
+
+def build_decoded_signals_asset(market: str) -> Any:
+    @asset(
+        key=AssetKey([market, "decoded_signals"]),
+        group_name=DECODED_GROUP,
+        partitions_def=drive_partitions(market),
+        backfill_policy=DRIVE_BACKFILL_POLICY,
+        deps=[AssetKey([market, "raw_drive"]), AssetKey([market, "vehicle_dbc"])],
+        code_version=DECODER_VERSION,
+        kinds={"parquet"},
+        tags={"ad-platform/stage": "decode", "ad-platform/market": market},
+        description=f"A {market.upper()} drive's vehicle signals (MDF4 channel groups, CAN frames decoded with the "
+        "market DBC) and sensor streams (camera, lidar, IMU, GNSS from MCAP) as zstd Parquet, one table per stream, "
+        "timestamps in int64 UTC ns (docs/data-contracts.md). Streamed with bounded memory; written atomically.",
+    )
+    def decoded_signals(context: AssetExecutionContext, landing: LandingZone, lake: Lake) -> MaterializeResult:
+        reports = {d: decode_one_drive(landing, lake, market, d, context.log) for d in context.partition_keys}
+        if len(reports) == 1:
+            ((drive_id, report),) = reports.items()
+            return MaterializeResult(metadata=_report_metadata(report, lake, market, drive_id))
+        return MaterializeResult(
+            metadata={
+                "drives": len(reports),
+                "dagster/row_count": sum(s.rows for r in reports.values() for s in r.streams),
+            }
+        )
+
+    return decoded_signals

@@ -1,0 +1,88 @@
+"""Atomic writes: readers see the old content or the new content, never a partial file or folder.
+
+Everything is written next to its final place under a hidden temporary name and renamed into place only
+once complete, so a killed process leaves at worst a stale ``.tmp-*`` entry that the next write sweeps up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARKER = ".tmp-"
+
+
+def _tmp_sibling(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
+
+
+def sweep_stale_temporaries(final: Path) -> None:
+    """Remove leftovers of earlier writes to ``final`` that were killed before their rename."""
+    if not final.parent.is_dir():
+        return
+    for leftover in final.parent.glob(f".{final.name}{TMP_MARKER}*"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``final`` in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(final)
+    tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    with atomic_file(final) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it takes the place of ``final``.
+
+    An existing ``final`` is first renamed aside and removed only after the new folder is in place,
+    so there is never a moment where neither version exists under a readable name for longer than
+    two renames, and nothing is deleted before its replacement is complete.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(final)
+    tmp = _tmp_sibling(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                with open(child, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        previous = None
+        if final.exists():
+            previous = _tmp_sibling(final)
+            os.rename(final, previous)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

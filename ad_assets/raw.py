@@ -1,0 +1,217 @@
+"""Stage 1, raw drives: register and validate the files of each landed drive."""
+
+import hashlib
+import time
+from typing import Any
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from ad_assets.core.inspect_logs import InvalidLogError, LogInventory, inspect_file
+from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_resources.lake import Lake, catalog_record_path, registry_path
+from ad_resources.landing import LandingZone
+
+RAW_GROUP = "raw"
+LANDED_AT_TAG = "ad-platform/landed_at_ns"
+
+
+def drive_fingerprint(inventories: list[LogInventory]) -> str:
+    """Content identity of a drive: the sha256 of its files' names and content hashes."""
+    digest = hashlib.sha256()
+    for inv in sorted(inventories, key=lambda i: i.name):
+        digest.update(f"{inv.name}\0{inv.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _inventory_table(market: str, drive_id: str, version: int, inventories: list[LogInventory]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "market": market,
+                "drive_id": drive_id,
+                "drive_version": version,
+                "file": inv.name,
+                "kind": inv.kind,
+                "size_bytes": inv.size_bytes,
+                "sha256": inv.sha256,
+                "format_version": inv.format_version,
+                "finalized": inv.finalized,
+                "start_ns": inv.start_ns,
+                "end_ns": inv.end_ns,
+                "streams": [{"name": k, "count": v} for k, v in inv.streams.items()],
+                "notes": inv.notes,
+            }
+            for inv in inventories
+        ],
+        schema=pa.schema(
+            [
+                ("market", pa.string()),
+                ("drive_id", pa.string()),
+                ("drive_version", pa.int64()),
+                ("file", pa.string()),
+                ("kind", pa.string()),
+                ("size_bytes", pa.int64()),
+                ("sha256", pa.string()),
+                ("format_version", pa.string()),
+                ("finalized", pa.bool_()),
+                ("start_ns", pa.int64()),
+                ("end_ns", pa.int64()),
+                ("streams", pa.list_(pa.struct([("name", pa.string()), ("count", pa.int64())]))),
+                ("notes", pa.list_(pa.string())),
+            ]
+        ),
+    )
+
+
+def register_drive(
+    landing: LandingZone, lake: Lake, market: str, drive_id: str, landed_at_ns: int | None, log: Any
+) -> dict[str, Any]:
+    """Validate every file of one drive and record it in the registry and catalog.
+
+    Raises :class:`dagster.Failure` naming the file and the reason when a file is not what it claims;
+    that file is quarantined first, so nothing is lost and the next attempt sees why.
+    """
+    quarantined = landing.quarantined(market, drive_id)
+    if quarantined:
+        listing = "; ".join(f"{q['file']}: {q['reason']}" for q in quarantined)
+        raise Failure(
+            description=f"drive {market}/{drive_id} has quarantined files ({listing}). Fix or remove them in the "
+            "quarantine area, then re-land the drive.",
+            metadata={"quarantined": MetadataValue.json(quarantined)},
+        )
+    files = landing.drive_files(market, drive_id)
+    if not files:
+        raise Failure(description=f"drive {market}/{drive_id}: no files found in landing zone {landing.describe()}")
+
+    inventories = []
+    for stat in files:
+        with landing.local_file(market, drive_id, stat.name) as path:
+            try:
+                inventories.append(inspect_file(path))
+            except InvalidLogError as exc:
+                where = landing.quarantine(market, drive_id, stat.name, exc.reason)
+                raise Failure(
+                    description=f"drive {market}/{drive_id}: file {stat.name} {exc.reason}. Quarantined to {where}.",
+                    metadata={"file": stat.name, "reason": exc.reason, "quarantined_to": where},
+                ) from exc
+        log.info(f"{market}/{drive_id}: {stat.name} ok ({stat.size / 1e6:.1f} MB)")
+
+    fingerprint = drive_fingerprint(inventories)
+    previous = lake.read_json(registry_path(market, drive_id))
+    if previous is None:
+        version = 1
+    elif previous["fingerprint"] == fingerprint:
+        version = previous["version"]
+    else:
+        version = previous["version"] + 1
+        log.warning(f"{market}/{drive_id}: content changed since version {previous['version']}; now version {version}")
+    mtimes = {f.name: f.mtime_ns for f in files}
+    record = {
+        "market": market,
+        "drive_id": drive_id,
+        "version": version,
+        "fingerprint": fingerprint,
+        "landed_at_ns": landed_at_ns or max(mtimes.values()),
+        "registered_at_ns": previous["registered_at_ns"]
+        if previous and version == previous["version"]
+        else time.time_ns(),
+        "total_bytes": sum(inv.size_bytes for inv in inventories),
+        "files": {
+            inv.name: {"sha256": inv.sha256, "size": inv.size_bytes, "mtime_ns": mtimes[inv.name]}
+            for inv in inventories
+        },
+    }
+    lake.write_table(
+        catalog_record_path("raw_files", market, drive_id),
+        _inventory_table(market, drive_id, version, inventories),
+    )
+    lake.write_json(registry_path(market, drive_id), record)
+    return {"record": record, "inventories": inventories}
+
+
+def _drive_metadata(record: dict[str, Any], inventories: list[LogInventory]) -> dict[str, Any]:
+    starts = [i.start_ns for i in inventories if i.start_ns is not None and i.kind in ("mdf4", "mcap")]
+    ends = [i.end_ns for i in inventories if i.end_ns is not None and i.kind in ("mdf4", "mcap")]
+    rows = "\n".join(
+        f"| {i.name} | {i.kind} | {i.size_bytes / 1e6:.2f} | {len(i.streams)} | "
+        f"{'' if i.duration_s is None else f'{i.duration_s:.1f}'} | {i.sha256[:12]} | {'; '.join(i.notes)} |"
+        for i in inventories
+    )
+    inventory = "\n".join(f"- `{i.name}` {name}: {count}" for i in inventories for name, count in i.streams.items())
+    return {
+        "drive_version": record["version"],
+        "fingerprint": record["fingerprint"],
+        "total_bytes": record["total_bytes"],
+        "time_span_s": round((max(ends) - min(starts)) / 1e9, 3) if starts and ends else None,
+        "start_time_ns": min(starts) if starts else None,
+        "files": MetadataValue.md(
+            "| file | kind | MB | streams | duration s | sha256 | notes |\n|---|---|---|---|---|---|---|\n" + rows
+        ),
+        "channel_topic_inventory": MetadataValue.md(inventory or "(none)"),
+    }
+
+
+def build_raw_drive_assets(market: str) -> list[Any]:
+    """The market's DBC (an external, observed asset) and its raw_drive asset."""
+    dbc_spec = AssetSpec(
+        key=AssetKey([market, "vehicle_dbc"]),
+        group_name=RAW_GROUP,
+        description=f"The DBC files that decode {market.upper()} CAN frames (landing `{market}/_dbc/`). "
+        "The landing sensor records its sha256 as the data version, so a changed DBC marks decoded drives stale.",
+    )
+
+    @asset(
+        key=AssetKey([market, "raw_drive"]),
+        group_name=RAW_GROUP,
+        partitions_def=drive_partitions(market),
+        backfill_policy=DRIVE_BACKFILL_POLICY,
+        kinds={"mdf4", "mcap"},
+        tags={"ad-platform/stage": "ingest", "ad-platform/market": market},
+        description=f"A landed {market.upper()} drive, validated: MDF4 header and finalisation state, MCAP magic, "
+        "summary and chunk CRCs, per-file sha256, time span and channel/topic inventory. A file that is not what "
+        "it claims fails only its own drive and is moved to the quarantine area with a reason file.",
+    )
+    def raw_drive(context: AssetExecutionContext, landing: LandingZone, lake: Lake) -> MaterializeResult:
+        landed_tag = context.run.tags.get(LANDED_AT_TAG)
+        results, failures = [], []
+        for drive_id in context.partition_keys:
+            try:
+                results.append(
+                    register_drive(
+                        landing, lake, market, drive_id, int(landed_tag) if landed_tag else None, context.log
+                    )
+                )
+            except Failure as failure:
+                if len(context.partition_keys) == 1:
+                    raise
+                context.log.error(failure.description or str(failure))
+                failures.append(failure.description or str(failure))
+        if failures:
+            raise Failure(
+                description=f"{len(failures)} of {len(context.partition_keys)} drives failed: " + " | ".join(failures)
+            )
+        if len(results) == 1:
+            record = results[0]["record"]
+            return MaterializeResult(
+                metadata=_drive_metadata(record, results[0]["inventories"]),
+                data_version=DataVersion(record["fingerprint"]),
+            )
+        return MaterializeResult(
+            metadata={
+                "drives": len(results),
+                "total_bytes": sum(r["record"]["total_bytes"] for r in results),
+                "versions": MetadataValue.json({r["record"]["drive_id"]: r["record"]["version"] for r in results}),
+            }
+        )
+
+    return [dbc_spec, raw_drive]

@@ -1,0 +1,119 @@
+"""Command line of the platform: `python -m ad_platform {run-once,demo,decode}`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+
+from ad_platform import settings
+
+
+def _instance():  # type: ignore[no-untyped-def]
+    from dagster import DagsterInstance
+
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def cmd_run_once(args: argparse.Namespace) -> int:
+    from ad_platform.definitions import defs
+    from ad_platform.runner import outcomes_json, run_once
+
+    outcomes = run_once(defs, _instance(), log=lambda line: print(line, file=sys.stderr))
+    print(outcomes_json(outcomes))
+    return 1 if args.strict and any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ad_assets.fleetgen import generate_fleet
+    from ad_platform.definitions import defs
+    from ad_platform.runner import run_once
+    from ad_resources.landing import LocalLandingZone
+
+    landing = settings.landing_dir()
+    markets = [m.strip() for m in args.markets.split(",") if m.strip()]
+    started = time.monotonic()
+    print(f"generating {args.drives} drive(s) x {len(markets)} market(s) x {args.minutes} min into {landing}")
+    generate_fleet(landing, markets, args.drives, args.minutes, seed=args.seed)
+    if args.with_bad_drive:
+        bad = landing / markets[0] / f"{markets[0]}-demo-corrupt-log"
+        bad.mkdir(parents=True, exist_ok=True)
+        # What a clone without Git LFS leaves behind: a pointer text where the log should be.
+        (bad / "recording.mcap").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:0000\nsize 1048576\n"
+        )
+    generated = time.monotonic() - started
+    outcomes = run_once(defs, _instance(), log=lambda line: print(f"  {line}"))
+    total = time.monotonic() - started
+
+    zone = LocalLandingZone(root=str(landing))
+    drives = list(zone.list_drives(markets))
+    per_market = Counter(d.market for d in drives)
+    print("\nfleet in the landing zone:")
+    for market in markets:
+        size = sum(d.total_bytes for d in drives if d.market == market)
+        print(f"  {market.upper()}: {per_market[market]} drive(s), {size / 1e6:.1f} MB")
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(
+        f"\n{len(outcomes) - len(failed)} drive run(s) materialized, {len(failed)} failed "
+        f"(generation {generated:.0f} s, total {total:.0f} s)"
+    )
+    for o in failed:
+        print(f"  FAILED {o.market}/{o.drive_id}: {o.error}")
+    if args.with_bad_drive:
+        print(
+            "  (the corrupt demo drive is expected to fail: it shows quarantine at work; see "
+            f"{landing / '_quarantine'})"
+        )
+    print(
+        f"\nlake: {settings.lake_dir()}\ncatalog: duckdb {settings.catalog_path()}\n"
+        "UI: run `make dev` and open http://127.0.0.1:3000"
+    )
+    unexpected = [o for o in failed if "demo-corrupt" not in o.drive_id]
+    return 1 if unexpected else 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from ad_assets.decode.__main__ import main as decode_main
+
+    return decode_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ad_platform", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_once_parser = sub.add_parser(
+        "run-once", help="register whatever is in the landing zone and materialize it; prints JSON per drive"
+    )
+    run_once_parser.add_argument("--strict", action="store_true", help="exit 1 if any drive failed")
+    run_once_parser.set_defaults(func=cmd_run_once)
+
+    demo = sub.add_parser("demo", help="generate a small fleet and materialize the whole graph")
+    demo.add_argument("--drives", type=int, default=2, help="drives per market")
+    demo.add_argument("--markets", default="de,us,cn,jp")
+    demo.add_argument("--minutes", type=float, default=2.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--no-bad-drive",
+        dest="with_bad_drive",
+        action="store_false",
+        help="skip the deliberately corrupt drive that demonstrates quarantine",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    decode = sub.add_parser("decode", help="decode one log file or folder outside Dagster (see --help)", add_help=False)
+    decode.add_argument("rest", nargs=argparse.REMAINDER)
+    decode.set_defaults(func=cmd_decode)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The one Definitions object of the platform: every asset, job, sensor and resource is assembled here.
+
+Environment differences (local folders vs S3, SQLite vs Postgres) live in the resources chosen here and in
+the instance's dagster.yaml — never in asset bodies.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from ad_assets.decoded import build_decoded_signals_asset
+from ad_assets.markets import MARKETS
+from ad_assets.partitions import drive_partitions, ingest_job_name
+from ad_assets.raw import build_raw_drive_assets
+from ad_platform import settings
+from ad_resources.catalog import DuckDBCatalog
+from ad_resources.lake import LocalLake
+from ad_resources.landing import LocalLandingZone
+from ad_sensors.landing import build_landing_sensor
+
+
+def build_definitions() -> Definitions:
+    assets, jobs = [], []
+    for market in MARKETS:
+        market_assets = [*build_raw_drive_assets(market), build_decoded_signals_asset(market)]
+        assets += market_assets
+        jobs.append(
+            define_asset_job(
+                name=ingest_job_name(market),
+                selection=AssetSelection.assets(*(a for a in market_assets if hasattr(a, "partitions_def"))),
+                partitions_def=drive_partitions(market),
+                description=f"Register, validate and decode {market.upper()} drives (one run per drive from the "
+                "landing sensor; backfills batch drives per run).",
+            )
+        )
+    lake = LocalLake(root=str(settings.lake_dir()))
+    return Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=[build_landing_sensor(jobs)],
+        resources={
+            "landing": LocalLandingZone(root=str(settings.landing_dir())),
+            "lake": lake,
+            "catalog": DuckDBCatalog(path=str(settings.catalog_path()), lake=lake),
+        },
+    )
+
+
+defs = build_definitions()

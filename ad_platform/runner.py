@@ -1,0 +1,95 @@
+"""Run the landing sensor and the runs it requests once, in-process: "bring your own logs" without a daemon.
+
+This is what `python -m ad_platform run-once` and `make demo` use; `dagster dev` runs the same sensor and
+jobs through the daemon instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
+
+from ad_platform import settings
+from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, evaluate_landing
+
+CURSOR_FILE = "run_once_cursor.json"
+
+
+@dataclass
+class DriveOutcome:
+    market: str
+    drive_id: str
+    registration: str  # new | changed | retry
+    status: str  # materialized | failed
+    run_id: str
+    error: str | None = None
+    materialized: list[str] = field(default_factory=list)
+
+
+def _failure_reason(result: Any) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data is not None and data.user_failure_data.description:
+                return data.user_failure_data.description
+            return data.error.message.strip() if data.error else "step failed"
+    return "run failed"
+
+
+def run_once(
+    defs: Definitions, instance: DagsterInstance, *, state_dir: Path | None = None, log: Any = print
+) -> list[DriveOutcome]:
+    """Evaluate the landing sensor until it has nothing left, executing every requested run in-process."""
+    cursor_path = (state_dir or settings.state_dir()) / CURSOR_FILE
+    cursor = json.loads(cursor_path.read_text())["cursor"] if cursor_path.exists() else None
+    resources = defs.resources
+    outcomes: list[DriveOutcome] = []
+    while True:
+        with build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs) as context:
+            result = evaluate_landing(context, resources["landing"], resources["lake"])
+        if not isinstance(result, SensorResult):
+            break
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
+        for request in result.run_requests or []:
+            market = request.job_name.removeprefix("ingest_")
+            log(f"ingest {market}/{request.partition_key} ({request.tags[DRIVE_VERSION_REASON_TAG]})")
+            job = defs.resolve_job_def(request.job_name)
+            run = job.execute_in_process(
+                instance=instance,
+                partition_key=request.partition_key,
+                tags=request.tags,
+                raise_on_error=False,
+            )
+            outcomes.append(
+                DriveOutcome(
+                    market=market,
+                    drive_id=request.partition_key,
+                    registration=request.tags[DRIVE_VERSION_REASON_TAG],
+                    status="materialized" if run.success else "failed",
+                    run_id=run.run_id,
+                    error=None if run.success else _failure_reason(run),
+                    materialized=sorted(
+                        e.asset_key.to_user_string()
+                        for e in run.get_asset_materialization_events()
+                        if e.asset_key is not None
+                    ),
+                )
+            )
+        progressed = bool(result.run_requests) or result.cursor != cursor
+        cursor = result.cursor
+        cursor_path.parent.mkdir(parents=True, exist_ok=True)
+        cursor_path.write_text(json.dumps({"cursor": cursor}))
+        if not progressed:
+            break
+    return outcomes
+
+
+def outcomes_json(outcomes: list[DriveOutcome]) -> str:
+    return json.dumps([asdict(o) for o in outcomes], indent=2)

@@ -1,0 +1,97 @@
+"""The lake: decoded Parquet, the drive registry and the per-drive catalog records.
+
+Everything is written atomically (temporary name + rename), and every record is one file per drive, so
+concurrent runs never contend for a lock; DuckDB reads them through views (see ``catalog.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import ConfigurableResource
+
+from ad_assets.io.atomic import atomic_dir, atomic_file, write_bytes_atomic
+
+
+class Lake(ConfigurableResource):
+    """Interface of the lake; see :class:`LocalLake`."""
+
+    def uri(self, relpath: str) -> str:
+        raise NotImplementedError
+
+    def write_dir(self, relpath: str) -> contextlib.AbstractContextManager[Path]:
+        """Yield an empty local folder; on success it replaces ``relpath`` as a whole."""
+        raise NotImplementedError
+
+    def read_json(self, relpath: str) -> Any | None:
+        raise NotImplementedError
+
+    def write_json(self, relpath: str, obj: Any) -> None:
+        raise NotImplementedError
+
+    def write_table(self, relpath: str, table: pa.Table) -> None:
+        raise NotImplementedError
+
+    def exists(self, relpath: str) -> bool:
+        raise NotImplementedError
+
+    def list_files(self, relpath: str, suffix: str = "") -> list[str]:
+        raise NotImplementedError
+
+
+class LocalLake(Lake):
+    """A lake in a local folder (the embedded default)."""
+
+    root: str
+
+    def _path(self, relpath: str) -> Path:
+        return Path(self.root) / relpath
+
+    def uri(self, relpath: str) -> str:
+        return str(self._path(relpath))
+
+    @contextlib.contextmanager
+    def write_dir(self, relpath: str) -> Iterator[Path]:
+        with atomic_dir(self._path(relpath)) as tmp:
+            yield tmp
+
+    def read_json(self, relpath: str) -> Any | None:
+        path = self._path(relpath)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_json(self, relpath: str, obj: Any) -> None:
+        write_bytes_atomic(self._path(relpath), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+    def write_table(self, relpath: str, table: pa.Table) -> None:
+        with atomic_file(self._path(relpath)) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+
+    def exists(self, relpath: str) -> bool:
+        return self._path(relpath).exists()
+
+    def list_files(self, relpath: str, suffix: str = "") -> list[str]:
+        folder = self._path(relpath)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.root)) for p in folder.rglob(f"*{suffix}") if p.is_file() and "/." not in str(p)
+        )
+
+
+def registry_path(market: str, drive_id: str) -> str:
+    """Where the registered version of a drive (per-file sha256, sizes, mtimes, landing time) is kept."""
+    return f"registry/{market}/{drive_id}.json"
+
+
+def decoded_path(market: str, drive_id: str) -> str:
+    return f"decoded/{market}/{drive_id}"
+
+
+def catalog_record_path(dataset: str, market: str, drive_id: str) -> str:
+    return f"catalog/{dataset}/{market}/{drive_id}.parquet"

@@ -1,0 +1,161 @@
+"""The landing zone: where raw drives arrive, as ``<market>/<drive_id>/<files>``.
+
+Sensors and assets only talk to a :class:`LandingZone`; where the bytes live (a local folder here, S3 in
+production) is the resource's business. Folders whose name starts with ``_`` are not drives:
+``<market>/_dbc/*.dbc`` holds the market's DBC files and ``_quarantine/`` the files that failed validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+DRIVE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+DBC_FOLDER = "_dbc"
+QUARANTINE_FOLDER = "_quarantine"
+
+
+def suggest_drive_key(folder_name: str) -> str:
+    """Dagster partition keys must be lowercase without commas or pipes; this is the rename we suggest."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", folder_name.lower()).strip("-._")[:128]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    name: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class DriveListing:
+    market: str
+    drive_id: str
+    files: tuple[FileStat, ...]
+
+    @property
+    def mtime_ns(self) -> int:
+        return max((f.mtime_ns for f in self.files), default=0)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class LandingZone(ConfigurableResource):
+    """Interface of a landing zone; see :class:`LocalLandingZone`."""
+
+    def list_drives(self, markets: Sequence[str]) -> Iterator[DriveListing]:
+        raise NotImplementedError
+
+    def drive_files(self, market: str, drive_id: str) -> list[FileStat]:
+        raise NotImplementedError
+
+    def local_file(self, market: str, drive_id: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        """A local path to read the file from (a download for remote stores), valid inside the context."""
+        raise NotImplementedError
+
+    def dbc_files(self, market: str) -> list[FileStat]:
+        raise NotImplementedError
+
+    def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        raise NotImplementedError
+
+    def quarantine(self, market: str, drive_id: str, name: str, reason: str) -> str:
+        raise NotImplementedError
+
+    def quarantined(self, market: str, drive_id: str) -> list[dict[str, str]]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class LocalLandingZone(LandingZone):
+    """A landing zone on the local file system (the embedded default)."""
+
+    root: str
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.root)
+
+    def describe(self) -> str:
+        return str(self._root)
+
+    def _drive_dir(self, market: str, drive_id: str) -> Path:
+        return self._root / market / drive_id
+
+    @staticmethod
+    def _stats(folder: Path) -> list[FileStat]:
+        stats = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file() and not entry.name.startswith("."):
+                    st = entry.stat()
+                    stats.append(FileStat(entry.name, st.st_size, st.st_mtime_ns))
+        return sorted(stats, key=lambda f: f.name)
+
+    def list_drives(self, markets: Sequence[str]) -> Iterator[DriveListing]:
+        for market in markets:
+            market_dir = self._root / market
+            if not market_dir.is_dir():
+                continue
+            with os.scandir(market_dir) as entries:
+                for entry in entries:
+                    if entry.is_dir() and not entry.name.startswith(("_", ".")):
+                        files = self._stats(Path(entry.path))
+                        if files:
+                            yield DriveListing(market, entry.name, tuple(files))
+
+    def drive_files(self, market: str, drive_id: str) -> list[FileStat]:
+        folder = self._drive_dir(market, drive_id)
+        return self._stats(folder) if folder.is_dir() else []
+
+    @contextlib.contextmanager
+    def local_file(self, market: str, drive_id: str, name: str) -> Iterator[Path]:
+        yield self._drive_dir(market, drive_id) / name
+
+    def dbc_files(self, market: str) -> list[FileStat]:
+        folder = self._root / market / DBC_FOLDER
+        return [f for f in self._stats(folder) if f.name.lower().endswith(".dbc")] if folder.is_dir() else []
+
+    @contextlib.contextmanager
+    def local_dbc(self, market: str, name: str) -> Iterator[Path]:
+        yield self._root / market / DBC_FOLDER / name
+
+    def _quarantine_dir(self, market: str, drive_id: str) -> Path:
+        return self._root / QUARANTINE_FOLDER / market / drive_id
+
+    def quarantine(self, market: str, drive_id: str, name: str, reason: str) -> str:
+        """Move a bad file out of the drive, next to a reason file. Nothing is deleted."""
+        target_dir = self._quarantine_dir(market, drive_id)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / name
+        reason_record = {
+            "file": name,
+            "market": market,
+            "drive_id": drive_id,
+            "reason": reason,
+            "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (target_dir / f"{name}.reason.json").write_text(json.dumps(reason_record, indent=2) + "\n")
+        source = self._drive_dir(market, drive_id) / name
+        if source.exists():
+            shutil.move(source, target)
+        return str(target)
+
+    def quarantined(self, market: str, drive_id: str) -> list[dict[str, str]]:
+        folder = self._quarantine_dir(market, drive_id)
+        if not folder.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.reason.json"))]

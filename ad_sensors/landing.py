@@ -1,0 +1,277 @@
+"""The landing-zone sensor: registers each new drive exactly once and requests its ingest run.
+
+Identity is content: a drive whose files were re-uploaded unchanged (same sha256) registers nothing; a
+changed file makes a new drive version (recorded by ``raw_drive``), never a silent overwrite. New drives
+need no hashing here (they are new whatever their content), so a tick stays cheap; only known drives
+whose files were touched with equal sizes are hashed to tell a re-upload from a change. Work per tick is
+bounded by a drive count and a time budget; the cursor carries the rest to the next tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from ad_assets.core.inspect_logs import sha256_file
+from ad_assets.markets import MARKETS
+from ad_assets.partitions import drive_partitions, ingest_job_name
+from ad_assets.raw import LANDED_AT_TAG
+from ad_resources.lake import Lake, registry_path
+from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
+
+DRIVE_VERSION_REASON_TAG = "ad-platform/registration"
+# Dagster reads an observation's data version from this tag (dagster._core.definitions.data_version).
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+@dataclass
+class LandingCursor:
+    """Drives up to ``mtime_ns`` are processed; ``keys`` are the ones processed exactly at ``mtime_ns``
+    (many files can share one timestamp, and a chunked tick can stop in the middle of them)."""
+
+    mtime_ns: int = 0
+    keys: list[str] = field(default_factory=list)
+    dbc_versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> LandingCursor:
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps({"mtime_ns": self.mtime_ns, "keys": sorted(self.keys), "dbc_versions": self.dbc_versions})
+
+    def is_new(self, listing: DriveListing) -> bool:
+        mtime = listing.mtime_ns
+        return mtime > self.mtime_ns or (mtime == self.mtime_ns and _key(listing) not in self.keys)
+
+
+@dataclass
+class Registration:
+    listing: DriveListing
+    reason: str  # new | changed | retry
+
+    @property
+    def run_key(self) -> str:
+        return f"{_key(self.listing)}@{stat_fingerprint(self.listing)}"
+
+
+@dataclass
+class TickPlan:
+    registrations: list[Registration] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    invalid_names: list[str] = field(default_factory=list)
+    remaining: int = 0
+    cursor: LandingCursor = field(default_factory=LandingCursor)
+
+
+def _key(listing: DriveListing) -> str:
+    return f"{listing.market}/{listing.drive_id}"
+
+
+def stat_fingerprint(listing: DriveListing) -> str:
+    """Cheap identity of what landed (names, sizes, mtimes): the run key, so a retried tick launches nothing twice."""
+    text = "\n".join(f"{f.name}\0{f.size}\0{f.mtime_ns}" for f in listing.files)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def classify_known_drive(
+    listing: DriveListing, registered: Mapping[str, Any], content_sha256: Callable[[str], str]
+) -> str:
+    """'changed' or 'unchanged' for a drive the registry already holds; hashes only when sizes cannot tell."""
+    files = registered["files"]
+    if {f.name for f in listing.files} != set(files):
+        return "changed"
+    for stat in listing.files:
+        known = files[stat.name]
+        if stat.size != known["size"]:
+            return "changed"
+        if stat.mtime_ns != known["mtime_ns"] and content_sha256(stat.name) != known["sha256"]:
+            return "changed"
+    return "unchanged"
+
+
+def plan_tick(
+    listings: Iterable[DriveListing],
+    cursor: LandingCursor,
+    known_partitions: Mapping[str, set[str]],
+    read_registry: Callable[[str, str], Mapping[str, Any] | None],
+    content_sha256: Callable[[DriveListing, str], str],
+    *,
+    max_drives: int,
+    time_budget_s: float,
+    settle_s: float,
+    now_ns: int,
+) -> TickPlan:
+    """Decide what one tick registers. Pure apart from the callables, so it is tested without Dagster."""
+    started = time.monotonic()
+    candidates = sorted((d for d in listings if cursor.is_new(d)), key=lambda d: (d.mtime_ns, _key(d)))
+    plan = TickPlan(cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions)))
+    settled_before = now_ns - int(settle_s * 1e9)
+    processed = 0
+    for index, listing in enumerate(candidates):
+        if listing.mtime_ns > settled_before:  # still being uploaded; everything after it is newer still
+            plan.remaining = len(candidates) - index
+            break
+        if processed >= max_drives or time.monotonic() - started > time_budget_s:
+            plan.remaining = len(candidates) - index
+            break
+        processed += 1
+        if listing.mtime_ns != plan.cursor.mtime_ns:
+            plan.cursor.mtime_ns, plan.cursor.keys = listing.mtime_ns, []
+        plan.cursor.keys.append(_key(listing))
+
+        if not DRIVE_KEY_PATTERN.match(listing.drive_id):
+            plan.invalid_names.append(
+                f"{_key(listing)}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
+                f"rename the folder to '{suggest_drive_key(listing.drive_id)}'"
+            )
+            continue
+        if listing.drive_id not in known_partitions.get(listing.market, set()):
+            plan.registrations.append(Registration(listing, "new"))
+            continue
+        registered = read_registry(listing.market, listing.drive_id)
+        if registered is None:  # registered but its run has not recorded it yet (pending or failed)
+            plan.registrations.append(Registration(listing, "retry"))
+            continue
+        state = classify_known_drive(listing, registered, lambda name, d=listing: content_sha256(d, name))
+        if state == "changed":
+            plan.registrations.append(Registration(listing, "changed"))
+        else:
+            plan.unchanged.append(_key(listing))
+    return plan
+
+
+class LandingSensorSettings:
+    """Defaults sized to stay far below Dagster's 60 s sensor timeout."""
+
+    max_drives_per_tick = 2_000
+    time_budget_s = 20.0
+    settle_s = 5.0
+
+
+def _dbc_version(landing: LandingZone, market: str) -> str | None:
+    stats = landing.dbc_files(market)
+    if not stats:
+        return None
+    digest = hashlib.sha256()
+    for stat in stats:
+        with landing.local_dbc(market, stat.name) as path:
+            digest.update(f"{stat.name}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def evaluate_landing(
+    context: SensorEvaluationContext,
+    landing: LandingZone,
+    lake: Lake,
+    *,
+    markets: tuple[str, ...] = MARKETS,
+    settings: type[LandingSensorSettings] = LandingSensorSettings,
+) -> SensorResult | SkipReason:
+    cursor = LandingCursor.parse(context.cursor)
+    known = {m: set(context.instance.get_dynamic_partitions(drive_partitions(m).name)) for m in markets}
+
+    def content_sha256(listing: DriveListing, name: str) -> str:
+        with landing.local_file(listing.market, listing.drive_id, name) as path:
+            return sha256_file(path)
+
+    def read_registry(market: str, drive_id: str) -> Mapping[str, Any] | None:
+        return lake.read_json(registry_path(market, drive_id))
+
+    plan = plan_tick(
+        landing.list_drives(markets),
+        cursor,
+        known,
+        read_registry,
+        content_sha256,
+        max_drives=settings.max_drives_per_tick,
+        time_budget_s=settings.time_budget_s,
+        settle_s=settings.settle_s,
+        now_ns=time.time_ns(),
+    )
+
+    # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
+    asset_events = []
+    for market in markets:
+        version = _dbc_version(landing, market)
+        if version and plan.cursor.dbc_versions.get(market) != version:
+            asset_events.append(
+                AssetObservation(
+                    AssetKey([market, "vehicle_dbc"]),
+                    tags={DATA_VERSION_TAG: version},
+                    metadata={"sha256": version},
+                )
+            )
+            plan.cursor.dbc_versions[market] = version
+
+    for message in plan.invalid_names:
+        context.log.warning(message)
+    new_by_market: dict[str, list[str]] = defaultdict(list)
+    run_requests = []
+    for registration in plan.registrations:
+        listing = registration.listing
+        if registration.reason == "new":
+            new_by_market[listing.market].append(listing.drive_id)
+        run_requests.append(
+            RunRequest(
+                run_key=registration.run_key,
+                job_name=ingest_job_name(listing.market),
+                partition_key=listing.drive_id,
+                tags={LANDED_AT_TAG: str(listing.mtime_ns), DRIVE_VERSION_REASON_TAG: registration.reason},
+            )
+        )
+    summary = (
+        f"{len(run_requests)} drive(s) requested ({sum(map(len, new_by_market.values()))} new), "
+        f"{len(plan.unchanged)} re-uploaded unchanged, {len(plan.invalid_names)} invalid name(s), "
+        f"{plan.remaining} left for the next tick"
+    )
+    context.log.info(summary)
+    if not run_requests and not asset_events and plan.cursor.dump() == cursor.dump():
+        return SkipReason(f"no new drives in {landing.describe()} ({summary})")
+    return SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[
+            drive_partitions(market).build_add_request(keys) for market, keys in sorted(new_by_market.items())
+        ],
+        asset_events=asset_events,
+        cursor=plan.cursor.dump(),
+    )
+
+
+def build_landing_sensor(ingest_jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:
+    """The sensor targets every market's ingest job (a job cannot mix partitions definitions)."""
+
+    @sensor(
+        name="landing_zone_sensor",
+        jobs=list(ingest_jobs),
+        minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Registers each new drive in the landing zone (one dynamic partition per drive, per market) "
+        "and requests its ingest run. Unchanged re-uploads register nothing; changed files become a new version.",
+    )
+    def landing_zone_sensor(
+        context: SensorEvaluationContext, landing: LandingZone, lake: Lake
+    ) -> SensorResult | SkipReason:
+        return evaluate_landing(context, landing, lake)
+
+    return landing_zone_sensor

@@ -1,0 +1,17 @@
+"""Shared fixtures. Real-data tests use ../shared/data beside the checkout and skip with a reason where absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (the ../shared/data folder beside the checkout)")
+    return SHARED_DATA
