@@ -18,6 +18,7 @@ from dagster import (
 from ad_assets.core.inspect_logs import classify
 from ad_assets.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
 from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_platform.stages import k8s_op_tags
 from ad_resources.lake import Lake, catalog_record_path, decoded_path
 from ad_resources.landing import LandingZone
 
@@ -124,6 +125,7 @@ def build_decoded_signals_asset(market: str) -> Any:
         code_version=DECODER_VERSION,
         kinds={"parquet"},
         tags={"ad-platform/stage": "decode", "ad-platform/market": market},
+        op_tags=k8s_op_tags("decode"),
         description=f"A {market.upper()} drive's vehicle signals (MDF4 channel groups, CAN frames decoded with the "
         "market DBC) and sensor streams (camera, lidar, IMU, GNSS from MCAP) as zstd Parquet, one table per stream, "
         "timestamps in int64 UTC ns (docs/data-contracts.md). Streamed with bounded memory; written atomically.",

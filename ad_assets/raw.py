@@ -18,6 +18,7 @@ from dagster import (
 
 from ad_assets.core.inspect_logs import InvalidLogError, LogInventory, inspect_file
 from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_platform.stages import k8s_op_tags
 from ad_resources.lake import Lake, catalog_record_path, registry_path
 from ad_resources.landing import LandingZone
 
@@ -177,6 +178,7 @@ def build_raw_drive_assets(market: str) -> list[Any]:
         backfill_policy=DRIVE_BACKFILL_POLICY,
         kinds={"mdf4", "mcap"},
         tags={"ad-platform/stage": "ingest", "ad-platform/market": market},
+        op_tags=k8s_op_tags("ingest"),
         description=f"A landed {market.upper()} drive, validated: MDF4 header and finalisation state, MCAP magic, "
         "summary and chunk CRCs, per-file sha256, time span and channel/topic inventory. A file that is not what "
         "it claims fails only its own drive and is moved to the quarantine area with a reason file.",

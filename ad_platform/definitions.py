@@ -10,9 +10,10 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from ad_assets.decoded import build_decoded_signals_asset
 from ad_assets.markets import MARKETS
-from ad_assets.partitions import drive_partitions, ingest_job_name
+from ad_assets.partitions import ingest_job_name
 from ad_assets.raw import build_raw_drive_assets
 from ad_platform import settings
+from ad_platform.stages import stage_run_tags
 from ad_resources.catalog import DuckDBCatalog
 from ad_resources.lake import LocalLake
 from ad_resources.landing import LocalLandingZone
@@ -22,13 +23,15 @@ from ad_sensors.landing import build_landing_sensor
 def build_definitions() -> Definitions:
     assets, jobs = [], []
     for market in MARKETS:
-        market_assets = [*build_raw_drive_assets(market), build_decoded_signals_asset(market)]
-        assets += market_assets
+        dbc_spec, raw_drive = build_raw_drive_assets(market)
+        decoded_signals = build_decoded_signals_asset(market)
+        assets += [dbc_spec, raw_drive, decoded_signals]
         jobs.append(
             define_asset_job(
                 name=ingest_job_name(market),
-                selection=AssetSelection.assets(*(a for a in market_assets if hasattr(a, "partitions_def"))),
-                partitions_def=drive_partitions(market),
+                selection=AssetSelection.assets(raw_drive, decoded_signals),
+                # The run's longest stage sets its queue limit and timeout.
+                tags=stage_run_tags("decode"),
                 description=f"Register, validate and decode {market.upper()} drives (one run per drive from the "
                 "landing sensor; backfills batch drives per run).",
             )
