@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 TMP_MARKER = ".tmp-"
+# A temporary this old belongs to a killed writer, not to a concurrent one still writing.
+STALE_AFTER_S = 3600
 
 
 def _tmp_sibling(final: Path) -> Path:
@@ -24,8 +27,12 @@ def sweep_stale_temporaries(final: Path) -> None:
     """Remove leftovers of earlier writes to ``final`` that were killed before their rename."""
     if not final.parent.is_dir():
         return
+    cutoff = time.time() - STALE_AFTER_S
     for leftover in final.parent.glob(f".{final.name}{TMP_MARKER}*"):
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if leftover.stat().st_mtime > cutoff:
+                continue
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
