@@ -8,15 +8,15 @@ import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetSpec,
     DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
     asset,
+    observable_source_asset,
 )
 
-from ad_assets.core.inspect_logs import InvalidLogError, LogInventory, inspect_file
+from ad_assets.core.inspect_logs import InvalidLogError, LogInventory, inspect_file, sha256_file
 from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
 from ad_platform.stages import k8s_op_tags
 from ad_resources.lake import Lake, catalog_record_path, registry_path
@@ -24,6 +24,19 @@ from ad_resources.landing import LandingZone
 
 RAW_GROUP = "raw"
 LANDED_AT_TAG = "ad-platform/landed_at_ns"
+NO_DBC = "no-dbc"
+
+
+def dbc_version(landing: LandingZone, market: str) -> str | None:
+    """Content identity of a market's DBC set: sha256 over the files' names and content hashes."""
+    stats = landing.dbc_files(market)
+    if not stats:
+        return None
+    digest = hashlib.sha256()
+    for stat in stats:
+        with landing.local_dbc(market, stat.name) as path:
+            digest.update(f"{stat.name}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def drive_fingerprint(inventories: list[LogInventory]) -> str:
@@ -164,12 +177,16 @@ def _drive_metadata(record: dict[str, Any], inventories: list[LogInventory]) -> 
 
 def build_raw_drive_assets(market: str) -> list[Any]:
     """The market's DBC (an external, observed asset) and its raw_drive asset."""
-    dbc_spec = AssetSpec(
+
+    @observable_source_asset(
         key=AssetKey([market, "vehicle_dbc"]),
         group_name=RAW_GROUP,
-        description=f"The DBC files that decode {market.upper()} CAN frames (landing `{market}/_dbc/`). "
-        "The landing sensor records its sha256 as the data version, so a changed DBC marks decoded drives stale.",
+        description=f"The DBC files that decode {market.upper()} CAN frames (landing `{market}/_dbc/`). Its data "
+        "version is their sha256: the landing sensor observes it every tick, so a changed DBC marks the market's "
+        "decoded drives stale and a backfill of stale partitions re-decodes them.",
     )
+    def vehicle_dbc(landing: LandingZone) -> DataVersion:
+        return DataVersion(dbc_version(landing, market) or NO_DBC)
 
     @asset(
         key=AssetKey([market, "raw_drive"]),
@@ -216,4 +233,4 @@ def build_raw_drive_assets(market: str) -> list[Any]:
             }
         )
 
-    return [dbc_spec, raw_drive]
+    return [vehicle_dbc, raw_drive]

@@ -16,6 +16,10 @@ def _instance():  # type: ignore[no-untyped-def]
 
     home = settings.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        # Local SQLite instance; no telemetry (these machines reach package registries only).
+        config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
@@ -48,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "version https://git-lfs.github.com/spec/v1\noid sha256:0000\nsize 1048576\n"
         )
     generated = time.monotonic() - started
-    outcomes = run_once(defs, _instance(), log=lambda line: print(f"  {line}"))
+    outcomes = run_once(defs, _instance(), log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
     total = time.monotonic() - started
 
     zone = LocalLandingZone(root=str(landing))

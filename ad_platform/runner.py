@@ -14,9 +14,15 @@ from typing import Any
 from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
 
 from ad_platform import settings
-from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, evaluate_landing
+from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, evaluate_landing
 
 CURSOR_FILE = "run_once_cursor.json"
+
+
+class RunOnceSettings(LandingSensorSettings):
+    """Run on demand after the user copied the files: nothing is still uploading, so no settle wait."""
+
+    settle_s = 0.0
 
 
 @dataclass
@@ -41,7 +47,12 @@ def _failure_reason(result: Any) -> str:
 
 
 def run_once(
-    defs: Definitions, instance: DagsterInstance, *, state_dir: Path | None = None, log: Any = print
+    defs: Definitions,
+    instance: DagsterInstance,
+    *,
+    state_dir: Path | None = None,
+    log: Any = print,
+    console_log_level: str = "WARNING",
 ) -> list[DriveOutcome]:
     """Evaluate the landing sensor until it has nothing left, executing every requested run in-process."""
     cursor_path = (state_dir or settings.state_dir()) / CURSOR_FILE
@@ -50,7 +61,7 @@ def run_once(
     outcomes: list[DriveOutcome] = []
     while True:
         with build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs) as context:
-            result = evaluate_landing(context, resources["landing"], resources["lake"])
+            result = evaluate_landing(context, resources["landing"], resources["lake"], settings=RunOnceSettings)
         if not isinstance(result, SensorResult):
             break
         for request in result.dynamic_partitions_requests or []:
@@ -66,6 +77,8 @@ def run_once(
                 partition_key=request.partition_key,
                 tags=request.tags,
                 raise_on_error=False,
+                # The full event log is in the instance (and the UI); the console only needs problems.
+                run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
             )
             outcomes.append(
                 DriveOutcome(

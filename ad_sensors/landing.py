@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from ad_assets.core.inspect_logs import sha256_file
 from ad_assets.markets import MARKETS
 from ad_assets.partitions import drive_partitions, ingest_job_name
-from ad_assets.raw import LANDED_AT_TAG
+from ad_assets.raw import LANDED_AT_TAG, dbc_version
 from ad_resources.lake import Lake, registry_path
 from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
 
@@ -169,17 +169,6 @@ class LandingSensorSettings:
     settle_s = 5.0
 
 
-def _dbc_version(landing: LandingZone, market: str) -> str | None:
-    stats = landing.dbc_files(market)
-    if not stats:
-        return None
-    digest = hashlib.sha256()
-    for stat in stats:
-        with landing.local_dbc(market, stat.name) as path:
-            digest.update(f"{stat.name}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
 def evaluate_landing(
     context: SensorEvaluationContext,
     landing: LandingZone,
@@ -213,7 +202,7 @@ def evaluate_landing(
     # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
     asset_events = []
     for market in markets:
-        version = _dbc_version(landing, market)
+        version = dbc_version(landing, market)
         if version and plan.cursor.dbc_versions.get(market) != version:
             asset_events.append(
                 AssetObservation(

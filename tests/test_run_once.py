@@ -1,0 +1,98 @@
+"""Bring-your-own-logs path end to end: fleet → sensor → ingest runs, on a real instance and real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, instance_for_test
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+from tests_support import REPO_ROOT
+
+from ad_assets.fleetgen import generate_fleet
+from ad_platform.definitions import build_definitions
+from ad_platform.runner import run_once
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in ("AD_LANDING_DIR", "AD_LAKE_DIR", "AD_CATALOG_PATH", "DAGSTER_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AD_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_drives_go_through_once_reuploads_do_nothing_and_a_dbc_change_makes_decoded_stale(state: Path) -> None:
+    landing = state / "landing"
+    (drive_dir,) = generate_fleet(landing, ["de"], 1, 0.4, seed=7, workers=1)
+    defs = build_definitions()
+    with instance_for_test() as instance:
+        (outcome,) = run_once(defs, instance, state_dir=state, log=lambda _: None)
+        assert (outcome.market, outcome.drive_id, outcome.status) == ("de", drive_dir.name, "materialized")
+        assert outcome.materialized == ["de/decoded_signals", "de/raw_drive"]
+        decoded = state / "lake" / "decoded" / "de" / drive_dir.name
+        assert (decoded / "can__esp_vehicle_speed.parquet").is_file()
+        rows = defs.resources["catalog"].query("select count(*) from raw_files where drive_id = ?", [drive_dir.name])
+        assert rows == [(3,)]  # mf4, mcap, drive.json
+
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+
+        # The same drive uploaded again (deterministic generator: identical bytes, new mtimes).
+        generate_fleet(landing, ["de"], 1, 0.4, seed=7, workers=1)
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+
+        resolver = CachingStaleStatusResolver(
+            instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
+        )
+        key = AssetKey(["de", "decoded_signals"])
+        assert resolver.get_status(key, drive_dir.name) == StaleStatus.FRESH, [
+            (c.key, c.reason, c.dependency) for c in resolver.get_stale_root_causes(key, drive_dir.name)
+        ]
+
+        dbc = landing / "de" / "_dbc" / "vehicle.dbc"
+        dbc.write_text(dbc.read_text() + '\nCM_ "signal table revised";\n')
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+        resolver = CachingStaleStatusResolver(
+            instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
+        )
+        assert resolver.get_status(key, drive_dir.name) == StaleStatus.STALE
+
+
+@pytest.mark.slow
+def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AD_", "DAGSTER_HOME"))}
+    env["AD_STATE_DIR"] = str(tmp_path)
+    demo = subprocess.run(
+        [sys.executable, "-m", "ad_platform", "demo", "--drives", "1", "--markets", "de,jp", "--minutes", "0.4"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "2 drive run(s) materialized, 1 failed" in demo.stdout
+    assert (
+        "FAILED de/de-demo-corrupt-log: drive de/de-demo-corrupt-log: file recording.mcap is a Git LFS pointer"
+        in demo.stdout
+    )
+    reason = json.loads(
+        (tmp_path / "landing/_quarantine/de/de-demo-corrupt-log/recording.mcap.reason.json").read_text()
+    )
+    assert "Git LFS pointer" in reason["reason"]
+
+    again = subprocess.run(
+        [sys.executable, "-m", "ad_platform", "run-once"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == []
