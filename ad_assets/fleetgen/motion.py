@@ -115,7 +115,9 @@ def _desired_speeds(spec: DriveSpec, rng: np.random.Generator, length_m: float) 
             v = float(rng.uniform(lo, hi))
         if spec.odd["weather"] in ("snow", "fog"):
             v *= 0.85
-        out.append(np.full(int(seg / DS), v / 3.6))
+        # Neither drivers nor cruise controls hold a speed exactly: a slow ±0.6 % hunting around the target.
+        grid = np.arange(int(seg / DS)) * DS
+        out.append(v / 3.6 * (1.0 + 0.006 * np.sin(2 * np.pi * grid / 180.0 + float(rng.uniform(0, 2 * np.pi)))))
         s += seg
     return np.concatenate(out)
 

@@ -1,0 +1,187 @@
+"""Pure decode core: one drive's MDF4 (incl. raw CAN + DBC) and MCAP files -> one Parquet file per stream.
+
+    report = decode_drive(inputs, out_dir, dbc_files=(), log=print)
+
+See docs/data-contracts.md for the output contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from .can import CanDecoder
+from .mcap_reader import McapDecoder
+from .mdf import decode_mdf
+from .parquet_out import FRAMES_PER_ROW_GROUP, SinkManager, read_frame
+from .report import DecodeError, DriveDecodeReport, StreamReport
+
+DECODER_VERSION = "1.0.0"
+
+__all__ = [
+    "DECODER_VERSION",
+    "FRAMES_PER_ROW_GROUP",
+    "DecodeError",
+    "DriveDecodeReport",
+    "StreamReport",
+    "decode_drive",
+    "decode_file",
+    "read_frame",
+    "sniff_format",
+]
+
+MDF_EXTENSIONS = {".mf4", ".mdf", ".dat"}
+MCAP_EXTENSIONS = {".mcap"}
+
+
+def sniff_format(path: Path) -> str:
+    """'mdf' or 'mcap' from the file's magic bytes; raises DecodeError naming what the file is instead."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise DecodeError(f"{path.name}: cannot open: {exc}", file=str(path)) from exc
+    if head.startswith(b"\x89MCAP"):
+        return "mcap"
+    if head[:8] in (b"MDF     ", b"UnFinMF "):
+        return "mdf"
+    if head.startswith(b"version https://git-lfs"):
+        why = "a Git LFS pointer text file, not the data (fetch the LFS object)"
+    elif head.startswith(b"Generic "):
+        why = "a CANedge compressed/encrypted container (.MFC/.MFE/.MFM); unpack it with mdf2finalized first"
+    elif not head:
+        why = "empty file"
+    elif head.startswith(b"\x89MCAP") is False and head[1:5] == b"MCAP":
+        why = "an MCAP with a damaged magic (line-ending conversion?)"
+    else:
+        why = f"unknown format (magic {head[:8]!r})"
+    raise DecodeError(f"{path.name}: not an MDF or MCAP file: {why}", file=str(path))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_drive(
+    inputs: Sequence[Path],
+    out_dir: Path,
+    dbc_files: Sequence[Path] = (),
+    *,
+    log: Callable[[str], None] | None = None,
+) -> DriveDecodeReport:
+    """Decode one drive's files into ``out_dir`` (an existing, empty folder; the caller makes it atomic).
+
+    Raises DecodeError when none of the files could be decoded at all. Per-file and per-stream problems are
+    recorded in ``report.errors`` and in the stream reports (status ``skipped`` / ``salvaged``).
+    """
+    t0 = time.perf_counter()
+    logf = log or (lambda _m: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted({Path(p) for p in inputs}, key=lambda p: (p.name, str(p)))
+    if not files:
+        raise DecodeError("no input files given")
+    names = [p.name for p in files]
+    if len(set(names)) != len(names):
+        raise DecodeError(f"input file names must be unique within a drive: {names}")
+    report = DriveDecodeReport(files=[str(p) for p in files])
+    report.bytes_in = sum(p.stat().st_size for p in files if p.exists())
+
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    hashes: dict[str, Future[str]] = {p.name: hasher.submit(_sha256, p) for p in files if p.exists()}
+    manager = SinkManager(out_dir)
+    failed: list[str] = []
+    kinds: dict[Path, str] = {}
+    try:
+        can = CanDecoder([Path(d) for d in dbc_files], manager, DECODER_VERSION)
+        for p in files:
+            try:
+                kinds[p] = sniff_format(p)
+            except DecodeError as exc:
+                failed.append(str(exc))
+        base_meta = {"decoder_version": DECODER_VERSION}
+        mdf_sinks: list = []
+        mdf_errors: list[str] = []
+        mdf_failed: list[str] = []
+
+        def run_mdf() -> None:
+            for p in (p for p in files if kinds.get(p) == "mdf"):
+                t1 = time.perf_counter()
+                try:
+                    sinks, skipped, errs = decode_mdf(p, manager, can, base_meta, logf)
+                except DecodeError as exc:
+                    mdf_failed.append(str(exc))
+                    continue
+                except Exception as exc:
+                    mdf_failed.append(f"{p.name}: {type(exc).__name__}: {exc}")
+                    continue
+                mdf_sinks.extend((p, s) for s in sinks)
+                report.streams.extend(skipped)
+                mdf_errors.extend(errs)
+                dt = time.perf_counter() - t1
+                logf(f"{p.name}: MDF read in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+
+        # MDF and MCAP decode concurrently (zstd, crc32, numpy copies and the Parquet writer release the GIL)
+        mdf_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdf-decode")
+        mdf_future = mdf_thread.submit(run_mdf)
+        mcap = McapDecoder(manager, DECODER_VERSION, logf)
+        mcap_errors: list[str] = []
+        try:
+            for p in (p for p in files if kinds.get(p) == "mcap"):
+                t1 = time.perf_counter()
+                try:
+                    n, note = mcap.read_file(p, base_meta)
+                except DecodeError as exc:
+                    failed.append(str(exc))
+                    continue
+                if note:
+                    mcap_errors.append(note)
+                dt = time.perf_counter() - t1
+                logf(f"{p.name}: {n} MCAP messages in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+        finally:
+            mdf_future.result()
+            mdf_thread.shutdown(wait=True)
+        failed[:0] = mdf_failed
+        report.errors.extend(mdf_errors + mcap_errors)
+        file_hashes = {k: f.result() for k, f in hashes.items()}
+        for p, s in mdf_sinks:
+            r = s.close({"source_file": p.name, "source_sha256": file_hashes.get(p.name, "")})
+            report.streams.append(r)
+        report.streams.extend(can.close(file_hashes))
+        report.streams.extend(mcap.close(file_hashes))
+        if can and can.unknown_ids:
+            ids = sorted(can.unknown_ids)
+            shown = ", ".join(f"CAN{b} 0x{i:X}" for b, i, _e in ids[:20])
+            more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""
+            report.errors.append(f"{len(ids)} CAN ids not in the DBC(s) were not decoded: {shown}{more}")
+    finally:
+        manager.shutdown()
+        hasher.shutdown(wait=True)
+    # streams that produced no file (e.g. an MDF group without samples)
+    report.streams = sorted(
+        (s for s in report.streams if s.rows or s.status != "ok"), key=lambda s: s.name
+    )
+    report.errors = failed + report.errors
+    decoded_files = [p for p in files if kinds.get(p) and not any(e.startswith(f"{p.name}:") for e in failed)]
+    if not decoded_files:
+        raise DecodeError("no input could be decoded: " + "; ".join(failed))
+    report.seconds = time.perf_counter() - t0
+    logf(
+        f"decoded {len(files)} files, {report.bytes_in / 1e6:.1f} MB in {report.seconds:.2f} s "
+        f"({report.bytes_in / 1e6 / max(report.seconds, 1e-9):.0f} MB/s), {len(report.streams)} streams"
+    )
+    return report
+
+
+def decode_file(
+    path: Path, out_dir: Path, dbc_files: Sequence[Path] = (), *, log: Callable[[str], None] | None = None
+) -> DriveDecodeReport:
+    """Decode a single file (a one-file drive)."""
+    return decode_drive([Path(path)], out_dir, dbc_files, log=log)

@@ -1,0 +1,206 @@
+"""Ingest benchmark: decode_drive end to end (MDF4 + MCAP -> Parquet) on ~1 GB and ~4 GB drives.
+
+Drives are generated once with ad_assets.fleetgen (or, where fleetgen is not available, with a built-in
+generator of the same shape: a 100 Hz many-signal MF4 + an MCAP with JPEG-sized camera frames, lidar sweeps,
+IMU and GNSS) and cached under benchmarks/.data/ (git-ignored). Each size runs in a fresh subprocess; its
+RssAnon is polled from /proc. One JSON line per size on stdout.
+
+    python benchmarks/bench_ingest.py [--sizes 1,4] [--keep-output]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / ".data"
+sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------- drive generation
+def _fleetgen_drive(gb: float) -> Path | None:
+    try:
+        from ad_assets.fleetgen import generate_drive  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    landing = DATA / f"fleetgen_{gb:g}gb"
+    existing = [p for p in landing.glob("*/*") if p.is_dir() and not p.name.startswith("_")]
+    if existing:
+        return existing[0]
+    # measured with these options: ~278 MB per drive minute (1280x720 camera at 10 Hz, lidar, 150 extra MDF signals)
+    minutes = max(1.0, round(gb * 1000 / 278, 1))
+    return Path(generate_drive(landing, "de", 0, minutes, seed=0, camera_size=(1280, 720), extra_mdf_signals=150))
+
+
+def _builtin_drive(gb: float) -> Path:
+    """MF4 (~45 %) + MCAP (~55 %) of the requested size; deterministic."""
+    import numpy as np
+    from asammdf import MDF, Signal
+    from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+    from foxglove_schemas_protobuf.LocationFix_pb2 import LocationFix
+    from foxglove_schemas_protobuf.PointCloud_pb2 import PointCloud
+    from mcap_protobuf.writer import Writer as PbWriter
+
+    drive = DATA / f"builtin_{gb:g}gb"
+    mf4, mcap = drive / "drive.mf4", drive / "drive.mcap"
+    if (drive / "done").exists():
+        return drive
+    shutil.rmtree(drive, ignore_errors=True)
+    drive.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    total = gb * 1e9
+    # MDF: 200 float64 signals at 100 Hz in one group (1608-byte records), appended in chunks
+    n_sig, hz = 200, 100
+    rows = int(total * 0.45 / (n_sig * 8 + 8))
+    chunk = 50_000
+    mdf = MDF(version="4.10")
+    first = True
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        t = (np.arange(start, start + n) / hz).astype(np.float64)
+        base = np.sin(t / 10.0)
+        sigs = [
+            Signal(base * (k + 1) + rng.standard_normal(n) * 0.01, t, name=f"sig_{k:03d}", unit="m/s" if k % 2 else "V")
+            for k in range(n_sig)
+        ]
+        if first:
+            mdf.append(sigs, acq_name="vehicle_bus_100hz", common_timebase=True)
+            first = False
+        else:
+            mdf.extend(0, [(t, None)] + [(s.samples, None) for s in sigs])
+    mdf.save(mf4, overwrite=True, compression=0)
+    mdf.close()
+    # MCAP: camera 10 Hz (~200 KB incompressible), lidar 10 Hz (~1.2 MB), GNSS 10 Hz
+    budget = total * 0.55
+    per_s = 10 * (200_000 + 1_200_000)
+    seconds = int(budget / per_s) + 1
+    jpeg_like = rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    with open(mcap, "wb") as fh:
+        w = PbWriter(fh)
+        t0 = 1_700_000_000_000_000_000
+        for i in range(seconds * 10):
+            ts = t0 + i * 100_000_000
+            img = CompressedImage(format="jpeg", frame_id="cam_front", data=jpeg_like[i % 997 :] + jpeg_like[: i % 997])
+            img.timestamp.FromNanoseconds(ts)
+            w.write_message("/camera/front/compressed", img, log_time=ts, publish_time=ts)
+            pts = (np.sin(np.arange(100_000, dtype=np.float32) + i)).astype(np.float32)
+            pc = PointCloud(frame_id="lidar_top", point_stride=12, data=np.repeat(pts, 3).tobytes())
+            pc.timestamp.FromNanoseconds(ts)
+            w.write_message("/lidar/top/points", pc, log_time=ts, publish_time=ts)
+            fix = LocationFix(latitude=48.1 + i * 1e-6, longitude=11.5, altitude=500.0)
+            fix.timestamp.FromNanoseconds(ts)
+            w.write_message("/gnss/fix", fix, log_time=ts, publish_time=ts)
+        w.finish()
+    (drive / "done").write_text("ok")
+    return drive
+
+
+def drive_files(drive: Path) -> tuple[list[Path], list[Path]]:
+    files = sorted(p for p in drive.iterdir() if p.suffix.lower() in (".mf4", ".mcap"))
+    dbcs = sorted(drive.parent.glob("_dbc/*.dbc"))
+    return files, dbcs
+
+
+# --------------------------------------------------------------------------- measurement
+def _floor_seconds(files: list[Path]) -> float:
+    for p in files:  # warm the page cache
+        with open(p, "rb") as fh:
+            while fh.read(16 << 20):
+                pass
+    t = time.perf_counter()
+    for p in files:
+        with open(p, "rb") as fh:
+            while fh.read(16 << 20):
+                pass
+    return time.perf_counter() - t
+
+
+def _child(files: list[str], dbcs: list[str], out: str) -> None:
+    from ad_assets.decode import decode_drive
+
+    t = time.perf_counter()
+    rep = decode_drive([Path(f) for f in files], Path(out), [Path(d) for d in dbcs])
+    print(json.dumps({"seconds_inner": time.perf_counter() - t, "rows": rep.rows, "streams": len(rep.streams),
+                      "errors": rep.errors[:3]}))
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_size(gb: float, keep: bool) -> dict:
+    drive = _fleetgen_drive(gb) or _builtin_drive(gb)
+    files, dbcs = drive_files(drive)
+    size = sum(p.stat().st_size for p in files)
+    floor = _floor_seconds(files)
+    out = Path(tempfile.mkdtemp(prefix="bench_out_", dir=DATA))
+    cmd = [sys.executable, __file__, "--child", json.dumps([str(f) for f in files]), json.dumps([str(d) for d in dbcs]),
+           str(out)]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    peak_rss = peak_anon = 0
+    while proc.poll() is None:
+        peak_rss = max(peak_rss, _status_kib(proc.pid, "VmRSS"))
+        peak_anon = max(peak_anon, _status_kib(proc.pid, "RssAnon"))
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t
+    child = json.loads((proc.stdout.read() if proc.stdout else "").strip().splitlines()[-1] or "{}")
+    out_bytes = sum(p.stat().st_size for p in out.glob("*.parquet"))
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return {
+        "size_gb_requested": gb,
+        "drive": str(drive.relative_to(ROOT)),
+        "size_bytes": size,
+        "seconds": round(seconds, 3),
+        "seconds_in_process": round(child.get("seconds_inner", float("nan")), 3),
+        "mb_per_s": round(size / 1e6 / seconds, 1),
+        "floor_seconds": round(floor, 3),
+        "ratio_to_floor": round(seconds / floor, 1) if floor > 0 else None,
+        "peak_rss_mib": round(peak_rss / 1024, 1),
+        "peak_anon_mib": round(peak_anon / 1024, 1),
+        "parquet_bytes": out_bytes,
+        "rows": child.get("rows"),
+        "streams": child.get("streams"),
+        "rc": proc.returncode,
+    }
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4])
+        return 0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1,4", help="drive sizes in GB, comma separated")
+    ap.add_argument("--keep-output", action="store_true")
+    args = ap.parse_args()
+    DATA.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(DATA).free
+    sizes = [float(s) for s in args.sizes.split(",")]
+    need = sum(sizes) * 2.2e9
+    if free < need:
+        print(json.dumps({"error": f"need ~{need / 1e9:.0f} GB free under {DATA}, have {free / 1e9:.0f} GB"}))
+        return 1
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    for gb in sizes:
+        print(json.dumps(run_size(gb, args.keep_output)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

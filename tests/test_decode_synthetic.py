@@ -1,0 +1,222 @@
+"""Decode core on small files written by the tests themselves (and by ad_assets.fleetgen when present)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+from foxglove_schemas_protobuf.LocationFix_pb2 import LocationFix
+from mcap.writer import CompressionType, IndexType
+from mcap.writer import Writer as RawWriter
+from mcap_protobuf.writer import Writer as PbWriter
+
+from ad_assets.decode import DecodeError, decode_drive, decode_file, parquet_out, read_frame
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_000_000_000
+
+
+def _write_pb_mcap(path: Path, n_frames: int, order: list[int] | None = None, chunk_size: int = 64 * 1024) -> None:
+    order = order if order is not None else list(range(n_frames))
+    with open(path, "wb") as fh:
+        w = PbWriter(fh, chunk_size=chunk_size, compression=CompressionType.ZSTD)
+        for i in order:
+            ts = T0 + i * 100_000_000
+            img = CompressedImage(format="jpeg", frame_id="cam", data=b"\xff\xd8" + i.to_bytes(4, "big") * 500)
+            img.timestamp.FromNanoseconds(ts)
+            w.write_message("/camera/front/compressed", img, log_time=ts, publish_time=ts)
+            fix = LocationFix(latitude=48.0 + i * 1e-5, longitude=11.0, altitude=500.0 + i)
+            fix.timestamp.FromNanoseconds(ts)
+            w.write_message("/gnss/fix", fix, log_time=ts, publish_time=ts)
+        w.finish()
+
+
+def _write_json_mcap(path: Path, times: list[int], *, indexed: bool = True, compression=CompressionType.LZ4) -> None:
+    with open(path, "wb") as fh:
+        w = RawWriter(fh, compression=compression, chunk_size=32 * 1024, use_chunking=True,
+                      index_types=IndexType.ALL if indexed else IndexType.NONE, use_summary_offsets=indexed,
+                      repeat_channels=indexed, repeat_schemas=indexed)
+        w.start(profile="", library="test")
+        sid = w.register_schema("status", "jsonschema", b"{}")
+        cid = w.register_channel("/logger/status", "json", sid)
+        for k, t in enumerate(times):
+            w.add_message(cid, log_time=t, publish_time=t, data=json.dumps({"seq": k, "temp": 20.5 + k}).encode())
+        w.finish()
+
+
+def test_protobuf_images_and_signals(tmp_path: Path) -> None:
+    f = tmp_path / "d.mcap"
+    _write_pb_mcap(f, 40)
+    rep = decode_file(f, tmp_path / "out")
+    img = rep.stream("mcap__camera_front_compressed")
+    assert img.kind == "image" and img.rows == 40 and abs(img.rate_hz - 10.0) < 1e-6
+    pf = pq.ParquetFile(img.parquet)
+    assert pf.metadata.num_row_groups == 3  # 16 + 16 + 8 frames
+    for i in (0, 15, 16, 39):
+        assert read_frame(img.parquet, i) == b"\xff\xd8" + i.to_bytes(4, "big") * 500
+    gnss = pq.read_table(rep.stream("mcap__gnss_fix").parquet)
+    np.testing.assert_allclose(gnss.column("altitude").to_numpy(), 500.0 + np.arange(40))
+    assert gnss.column("header_stamp_ns").to_pylist() == gnss.column("timestamp_ns").to_pylist()
+
+
+def test_out_of_order_across_row_groups_is_resorted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parquet_out, "ROW_GROUP_ROWS", 1000)
+    n = 5000
+    rng = np.random.default_rng(1)
+    times = (T0 + rng.permutation(n) * 1_000_000).tolist()
+    f = tmp_path / "shuffled.mcap"
+    _write_json_mcap(f, times)
+    rep = decode_file(f, tmp_path / "out")
+    s = rep.stream("mcap__logger_status")
+    t = pq.read_table(s.parquet)
+    ts = t.column("timestamp_ns").to_numpy()
+    assert s.rows == n and np.array_equal(ts, np.sort(np.array(times)))
+    assert np.array_equal(t.column("seq").to_numpy(), np.argsort(times))
+    assert not list((tmp_path / "out").glob(".*"))  # spill files cleaned up
+    # shuffled frames: frame_index follows the sorted order
+    order = rng.permutation(40).tolist()
+    _write_pb_mcap(tmp_path / "img.mcap", 40, order=order, chunk_size=1024)
+    monkeypatch.setattr(parquet_out, "FRAMES_PER_ROW_GROUP", 4)
+    rep = decode_file(tmp_path / "img.mcap", tmp_path / "out2")
+    p = rep.stream("mcap__camera_front_compressed").parquet
+    assert all(read_frame(p, i)[2:6] == i.to_bytes(4, "big") for i in range(40))
+
+
+@pytest.mark.parametrize("compression", [CompressionType.NONE, CompressionType.ZSTD, CompressionType.LZ4])
+def test_unindexed_and_compressions(tmp_path: Path, compression) -> None:
+    f = tmp_path / "u.mcap"
+    _write_json_mcap(f, [T0 + i for i in range(3000)], indexed=False, compression=compression)
+    rep = decode_file(f, tmp_path / "out")
+    assert rep.stream("mcap__logger_status").rows == 3000
+
+
+def test_truncated_multichunk_mcap_is_salvaged(tmp_path: Path) -> None:
+    f = tmp_path / "full.mcap"
+    _write_json_mcap(f, [T0 + i * 1000 for i in range(20000)])
+    data = f.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) // 2])
+    rep = decode_file(cut, tmp_path / "out")
+    s = rep.stream("mcap__logger_status")
+    assert s.status == "salvaged" and 0 < s.rows < 20000
+    assert "cut.mcap: read stopped at byte" in s.error and f"salvaged {s.rows} messages" in s.error
+    # a flipped byte inside a chunk: CRC validation stops the read there
+    bad = bytearray(data)
+    bad[len(data) // 3] ^= 0xFF
+    (tmp_path / "crc.mcap").write_bytes(bytes(bad))
+    try:
+        rep = decode_file(tmp_path / "crc.mcap", tmp_path / "out2")
+    except DecodeError as exc:
+        assert "crc.mcap" in str(exc)
+    else:
+        assert rep.stream("mcap__logger_status").rows < 20000 and rep.errors
+
+
+def test_mdf_signals_and_can_frames(tmp_path: Path) -> None:
+    can = pytest.importorskip("can")
+    cantools = pytest.importorskip("cantools")
+    from asammdf import MDF, Signal
+
+    dbc_text = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 160 VehicleSpeed: 8 ECU
+ SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" ECU
+ SG_ Counter : 56|4@1+ (1,0) [0|15] "" ECU
+"""
+    dbc = tmp_path / "v.dbc"
+    dbc.write_text(dbc_text)
+    db = cantools.database.load_file(dbc)
+    msg = db.get_message_by_name("VehicleSpeed")
+    mf4 = tmp_path / "can.mf4"
+    speeds = np.round(np.linspace(0, 120, 1000), 2)
+    with can.io.MF4Writer(mf4) as w:
+        for i, v in enumerate(speeds):
+            data = msg.encode({"Speed": float(v), "Counter": i % 16})
+            w.on_message_received(can.Message(timestamp=1_700_000_000 + i * 0.01, arbitration_id=160,
+                                              is_extended_id=False, data=data, channel=1))
+    rep = decode_drive([mf4], tmp_path / "out", [dbc])
+    s = rep.stream("can__vehicle_speed")
+    t = pq.read_table(s.parquet)
+    np.testing.assert_allclose(t.column("Speed").to_numpy(), speeds, atol=1e-9)
+    assert s.columns["Speed"] == "km/h" and s.rows == 1000
+    # plain signal MDF, DZ-compressed, array channel
+    sig_mf4 = tmp_path / "sig.mf4"
+    tt = np.arange(5000) / 100.0
+    m = MDF(version="4.10")
+    m.append([Signal(np.sin(tt), tt, name="a", unit="V"), Signal((tt * 10).astype(np.int32), tt, name="b")],
+             acq_name="Chassis 100Hz")
+    m.save(sig_mf4, compression=2)
+    rep = decode_file(sig_mf4, tmp_path / "out2")
+    [s] = rep.streams
+    assert s.name == "mdf__chassis_100hz" and s.rows == 5000 and s.columns["a"] == "V"
+    t = pq.read_table(s.parquet)
+    np.testing.assert_array_equal(t.column("a").to_numpy(), np.sin(tt))
+    start = pq.ParquetFile(s.parquet).metadata.metadata
+    assert start[b"stream"] == b"mdf__chassis_100hz"
+
+
+def test_kill_during_write_leaves_no_partial_output(tmp_path: Path) -> None:
+    f = tmp_path / "big.mcap"
+    _write_json_mcap(f, [T0 + i * 1000 for i in range(300_000)], compression=CompressionType.NONE)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ad_assets.decode", str(f), "--out", str(out), "--quiet"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/*.parquet")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # readers never see a partial folder
+    # the next run publishes a complete folder
+    rc = subprocess.run([sys.executable, "-m", "ad_assets.decode", str(f), "--out", str(out), "--quiet"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0, rc.stderr
+    assert pq.ParquetFile(out / "mcap__logger_status.parquet").metadata.num_rows == 300_000
+    # the killed run's hidden .out.tmp-* leftover is only swept once stale (atomic.STALE_AFTER_S); it is never
+    # visible under the final name
+    assert sorted(p.name for p in out.iterdir()) == ["mcap__logger_status.parquet"]
+
+
+def _fleetgen():
+    try:
+        from ad_assets.fleetgen import generate_drive, ground_truth
+    except ImportError:
+        return None
+    return generate_drive, ground_truth
+
+
+@pytest.mark.skipif(_fleetgen() is None, reason="ad_assets.fleetgen not available yet")
+def test_fleetgen_round_trip(tmp_path: Path) -> None:
+    generate_drive, ground_truth = _fleetgen()  # type: ignore[misc]
+    drive = Path(generate_drive(tmp_path / "landing", "de", 0, 0.4, seed=3, camera_size=(160, 90),
+                                lidar_points=256))
+    files = sorted(p for p in drive.iterdir() if p.suffix in (".mf4", ".mcap"))
+    dbc = sorted((tmp_path / "landing" / "de" / "_dbc").glob("*.dbc"))
+    rep = decode_drive(files, tmp_path / "out", dbc)
+    names = {s.name for s in rep.streams}
+    for topic in ("camera_front_compressed", "lidar_top_points", "imu_data", "gnss_fix", "logger_status"):
+        assert f"mcap__{topic}" in names, names
+    gt = ground_truth(drive)
+    speed_streams = [s for s in rep.streams if s.kind == "can" and any("speed" in c.lower() for c in s.columns)]
+    assert speed_streams
+    t = pq.read_table(rep.stream("can__esp_vehicle_speed").parquet)
+    got_t, got_v = t.column("timestamp_ns").to_numpy(), t.column("VehicleSpeed").to_numpy()
+    ref = np.interp(got_t.astype(np.float64), gt["t_ns"].astype(np.float64), gt["speed_kmh"])
+    assert np.nanmax(np.abs(got_v - ref)) < 1.0  # 0.01 km/h quantisation + sensor noise
+    img = rep.stream("mcap__camera_front_compressed")
+    assert read_frame(img.parquet, img.rows - 1)[:2] == b"\xff\xd8"
+    imu = pq.read_table(rep.stream("mcap__imu_data").parquet)
+    assert "linear_acceleration.x" in imu.column_names and "header_stamp_ns" in imu.column_names
