@@ -1,6 +1,8 @@
 """Stage 2, decoded signals: each drive's logs as columnar Parquet, one table per stream."""
 
 import contextlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,16 @@ from dagster import (
 from ad_assets.core.inspect_logs import classify
 from ad_assets.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
 from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_assets.quality.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates
+from ad_assets.quality.profile import SignalProfile, StreamProfile, profile_drive
+from ad_assets.quality.rules import DECODED_RULES
 from ad_platform.stages import k8s_op_tags
 from ad_resources.lake import Lake, catalog_record_path, decoded_path
 from ad_resources.landing import LandingZone
+from ad_resources.quality import GreatExpectationsResource
 
 DECODED_GROUP = "decoded"
+MANIFEST = "drive.json"
 
 
 def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.Table:
@@ -65,9 +72,26 @@ def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.
     )
 
 
-def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DriveDecodeReport:
-    """Decode a registered drive into the lake atomically; the DBCs are the market's current ones."""
+@dataclass
+class DecodedDrive:
+    report: DriveDecodeReport
+    profiles: tuple[list[StreamProfile], list[SignalProfile]]
+
+
+def _manifest(landing: LandingZone, market: str, drive_id: str) -> dict[str, Any] | None:
+    if not any(f.name == MANIFEST for f in landing.drive_files(market, drive_id)):
+        return None
+    with landing.local_file(market, drive_id, MANIFEST) as path:
+        return json.loads(path.read_text())
+
+
+def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DecodedDrive:
+    """Decode a registered drive into the lake atomically and profile it for the quality checks.
+
+    The DBCs are the market's current ones; profiling reads the new tables before they are published.
+    """
     logs = [f for f in landing.drive_files(market, drive_id) if classify(Path(f.name)) in ("mdf4", "mcap")]
+    rates = nominal_rates(_manifest(landing, market, drive_id))
     with contextlib.ExitStack() as stack:
         inputs = [stack.enter_context(landing.local_file(market, drive_id, f.name)) for f in logs]
         dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]
@@ -78,8 +102,9 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
         ]
         with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
             report = decode_drive(inputs, out_dir, dbcs, log=log.info)
+            profiles = profile_drive(out_dir, rates)
     lake.write_table(catalog_record_path("decoded_streams", market, drive_id), _streams_table(market, drive_id, report))
-    return report
+    return DecodedDrive(report, profiles)
 
 
 def _report_metadata(report: DriveDecodeReport, lake: Lake, market: str, drive_id: str) -> dict[str, Any]:
@@ -116,8 +141,11 @@ def _report_metadata(report: DriveDecodeReport, lake: Lake, market: str, drive_i
 
 
 def build_decoded_signals_asset(market: str) -> Any:
+    key = AssetKey([market, "decoded_signals"])
+
     @asset(
-        key=AssetKey([market, "decoded_signals"]),
+        key=key,
+        check_specs=check_specs(key, DECODED_RULES),
         group_name=DECODED_GROUP,
         partitions_def=drive_partitions(market),
         backfill_policy=DRIVE_BACKFILL_POLICY,
@@ -130,16 +158,21 @@ def build_decoded_signals_asset(market: str) -> Any:
         "market DBC) and sensor streams (camera, lidar, IMU, GNSS from MCAP) as zstd Parquet, one table per stream, "
         "timestamps in int64 UTC ns (docs/data-contracts.md). Streamed with bounded memory; written atomically.",
     )
-    def decoded_signals(context: AssetExecutionContext, landing: LandingZone, lake: Lake) -> MaterializeResult:
-        reports = {d: decode_one_drive(landing, lake, market, d, context.log) for d in context.partition_keys}
-        if len(reports) == 1:
-            ((drive_id, report),) = reports.items()
-            return MaterializeResult(metadata=_report_metadata(report, lake, market, drive_id))
-        return MaterializeResult(
-            metadata={
-                "drives": len(reports),
-                "dagster/row_count": sum(s.rows for r in reports.values() for s in r.streams),
-            }
+    def decoded_signals(
+        context: AssetExecutionContext, landing: LandingZone, lake: Lake, great_expectations: GreatExpectationsResource
+    ) -> MaterializeResult:
+        drives = {d: decode_one_drive(landing, lake, market, d, context.log) for d in context.partition_keys}
+        checks = evaluate_rules(
+            key, DECODED_RULES, decoded_tables({d: x.profiles for d, x in drives.items()}), great_expectations
         )
+        if len(drives) == 1:
+            ((drive_id, decoded),) = drives.items()
+            metadata = _report_metadata(decoded.report, lake, market, drive_id)
+        else:
+            metadata = {
+                "drives": len(drives),
+                "dagster/row_count": sum(s.rows for x in drives.values() for s in x.report.streams),
+            }
+        return MaterializeResult(metadata=metadata, check_results=checks)
 
     return decoded_signals

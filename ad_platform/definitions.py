@@ -14,11 +14,10 @@ from ad_assets.decoded import build_decoded_signals_asset
 from ad_assets.markets import MARKETS
 from ad_assets.partitions import ingest_job_name
 from ad_assets.raw import build_raw_drive_assets
-from ad_platform import settings
+from ad_assets.synced import build_synced_frames_asset
 from ad_platform.stages import stage_run_tags
-from ad_resources.catalog import DuckDBCatalog
-from ad_resources.lake import LocalLake
-from ad_resources.landing import LocalLandingZone
+from ad_resources.quality import GreatExpectationsResource
+from ad_resources.s3 import resources_from_env
 from ad_sensors.landing import build_landing_sensor
 
 # BackfillPolicy is beta in Dagster 1.13 but exactly what per-drive batching needs; say so once, in docs.
@@ -30,26 +29,26 @@ def build_definitions() -> Definitions:
     for market in MARKETS:
         vehicle_dbc, raw_drive = build_raw_drive_assets(market)
         decoded_signals = build_decoded_signals_asset(market)
-        assets += [vehicle_dbc, raw_drive, decoded_signals]
+        synced_frames = build_synced_frames_asset(market)
+        assets += [vehicle_dbc, raw_drive, decoded_signals, synced_frames]
         jobs.append(
             define_asset_job(
                 name=ingest_job_name(market),
-                selection=AssetSelection.assets(raw_drive, decoded_signals),
+                selection=AssetSelection.assets(raw_drive, decoded_signals, synced_frames),
                 # The run's longest stage sets its queue limit and timeout.
                 tags=stage_run_tags("decode"),
-                description=f"Register, validate and decode {market.upper()} drives (one run per drive from the "
+                description=f"Register, validate, decode and sync {market.upper()} drives (one run per drive from the "
                 "landing sensor; backfills batch drives per run).",
             )
         )
-    lake = LocalLake(root=str(settings.lake_dir()))
     return Definitions(
         assets=assets,
         jobs=jobs,
         sensors=[build_landing_sensor(jobs)],
+        # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={
-            "landing": LocalLandingZone(root=str(settings.landing_dir())),
-            "lake": lake,
-            "catalog": DuckDBCatalog(path=str(settings.catalog_path()), lake=lake),
+            **resources_from_env(),
+            "great_expectations": GreatExpectationsResource(),
         },
     )
 

@@ -42,7 +42,13 @@ def _failure_reason(result: Any) -> str:
             data = event.step_failure_data
             if data.user_failure_data is not None and data.user_failure_data.description:
                 return data.user_failure_data.description
-            return data.error.message.strip() if data.error else "step failed"
+            if data.error is None:
+                return "step failed"
+            error, messages = data.error, []
+            while error is not None:  # the framework's wrapper, then the actual cause
+                messages.append(error.message.strip())
+                error = error.cause
+            return " <- ".join(messages)
     return "run failed"
 
 

@@ -29,6 +29,10 @@ class Lake(ConfigurableResource):
         """Yield an empty local folder; on success it replaces ``relpath`` as a whole."""
         raise NotImplementedError
 
+    def local_dir(self, relpath: str) -> contextlib.AbstractContextManager[Path]:
+        """A local folder holding ``relpath``'s files (a download for remote lakes), valid inside the context."""
+        raise NotImplementedError
+
     def read_json(self, relpath: str) -> Any | None:
         raise NotImplementedError
 
@@ -61,6 +65,10 @@ class LocalLake(Lake):
         with atomic_dir(self._path(relpath)) as tmp:
             yield tmp
 
+    @contextlib.contextmanager
+    def local_dir(self, relpath: str) -> Iterator[Path]:
+        yield self._path(relpath)
+
     def read_json(self, relpath: str) -> Any | None:
         path = self._path(relpath)
         return json.loads(path.read_text()) if path.is_file() else None
@@ -91,6 +99,10 @@ def registry_path(market: str, drive_id: str) -> str:
 
 def decoded_path(market: str, drive_id: str) -> str:
     return f"decoded/{market}/{drive_id}"
+
+
+def synced_path(market: str, drive_id: str) -> str:
+    return f"synced/{market}/{drive_id}"
 
 
 def catalog_record_path(dataset: str, market: str, drive_id: str) -> str:

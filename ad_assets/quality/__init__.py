@@ -1,0 +1,1 @@
+"""Data-quality profiling and rules for decoded and synced drives (validated with Great Expectations)."""

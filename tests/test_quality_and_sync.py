@@ -1,0 +1,126 @@
+"""Blocking data-quality checks and synced frames, on real materializations of generated drives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetKey, instance_for_test, materialize
+
+from ad_assets.decode import decode_drive
+from ad_assets.decoded import build_decoded_signals_asset
+from ad_assets.fleetgen import generate_drive, ground_truth
+from ad_assets.raw import build_raw_drive_assets
+from ad_assets.sync import sync_drive
+from ad_assets.sync.plan import build_sync_plan
+from ad_assets.synced import build_synced_frames_asset
+from ad_resources.lake import LocalLake
+from ad_resources.landing import LocalLandingZone
+from ad_resources.quality import GreatExpectationsResource
+
+ASSETS = [*build_raw_drive_assets("de"), build_decoded_signals_asset("de"), build_synced_frames_asset("de")]
+DECODED, SYNCED = AssetKey(["de", "decoded_signals"]), AssetKey(["de", "synced_frames"])
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    landing = tmp_path_factory.mktemp("landing")
+    drives = {"healthy": generate_drive(landing, "de", 0, 1.0, seed=3)}
+    for index, fault in enumerate(("gnss_dropout", "stuck_speed", "clock_jump"), start=1):
+        drives[fault] = generate_drive(landing, "de", index, 1.0, seed=3, faults=(fault,))
+    return drives
+
+
+def run_drive(drive: Path, tmp_path: Path, **run_config: object):  # type: ignore[no-untyped-def]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("drives_de", [drive.name])
+        result = materialize(
+            ASSETS,
+            partition_key=drive.name,
+            instance=instance,
+            raise_on_error=False,
+            run_config={"ops": {"de__synced_frames": {"config": run_config}}} if run_config else None,
+            resources={
+                "landing": LocalLandingZone(root=str(drive.parents[1])),
+                "lake": LocalLake(root=str(tmp_path / "lake")),
+                "great_expectations": GreatExpectationsResource(),
+            },
+        )
+        checks = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
+        materialized = {m.asset_key for m in result.get_asset_materialization_events() if m.asset_key}
+        return result, checks, materialized
+
+
+@pytest.mark.parametrize(
+    ("fault", "check", "named"),
+    [
+        ("gnss_dropout", "no_gaps", "mcap__gnss_fix"),
+        ("stuck_speed", "no_flatlines_or_nan_runs", "VehicleSpeed"),
+        ("clock_jump", "sensor_clock_monotonic", "mcap__imu_data"),
+    ],
+)
+def test_a_corrupted_drive_fails_its_blocking_check_and_stops_downstream(
+    fleet: dict[str, Path], tmp_path: Path, fault: str, check: str, named: str
+) -> None:
+    result, checks, materialized = run_drive(fleet[fault], tmp_path)
+    assert not result.success
+    evaluation = checks[(DECODED, check)]
+    assert not evaluation.passed
+    assert evaluation.metadata["failed_drives"].value == [fleet[fault].name]
+    assert named in evaluation.metadata["what_failed"].value  # says which stream/signal, actionably
+    assert DECODED in materialized and SYNCED not in materialized  # bad data never reaches the frames
+    others = [name for (key, name), e in checks.items() if key == DECODED and name != check and not e.passed]
+    assert others in ([], ["rates_within_tolerance"])  # a dropout also lowers the mean rate (warn only)
+
+
+def test_a_healthy_drive_passes_every_check_and_its_frames_match_the_ground_truth(
+    fleet: dict[str, Path], tmp_path: Path
+) -> None:
+    drive = fleet["healthy"]
+    result, checks, materialized = run_drive(drive, tmp_path)
+    assert result.success
+    assert {name for (_, name), e in checks.items() if not e.passed} == set()
+    assert {name for _, name in checks} == {
+        "sensor_clock_monotonic",
+        "physical_ranges",
+        "no_gaps",
+        "no_flatlines_or_nan_runs",
+        "rates_within_tolerance",
+        "frames_within_tolerance",
+        "required_sensors_present",
+    }
+    assert SYNCED in materialized
+
+    frames = pq.read_table(tmp_path / "lake" / "synced" / "de" / drive.name / "frames.parquet").to_pandas()
+    manifest = json.loads((drive / "drive.json").read_text())
+    assert len(frames) == pytest.approx(manifest["duration_s"] * 10, rel=0.02)  # 10 Hz camera, few drops
+    truth = ground_truth(drive)
+    expected = np.interp(frames["timestamp_ns"], truth["t_ns"], truth["speed_kmh"])
+    # Camera log time includes its capture latency: the signal is compared 25 ms earlier, within 0.5 km/h.
+    assert np.abs(frames["esp_vehicle_speed.VehicleSpeed"] - expected).median() < 0.5
+    assert frames["lidar_top_points.in_tolerance"].mean() > 0.99
+    assert frames["lidar_top_points.row_index"].is_monotonic_increasing
+
+
+def test_causal_mode_never_uses_a_sample_from_after_the_frame(fleet: dict[str, Path], tmp_path: Path) -> None:
+    drive = fleet["healthy"]
+    result, _, _ = run_drive(drive, tmp_path, causal=True)
+    assert result.success
+    frames = pq.read_table(tmp_path / "lake" / "synced" / "de" / drive.name / "frames.parquet").to_pandas()
+    errors = frames[[c for c in frames.columns if c.endswith(".sync_error_ns")]]
+    assert (errors.fillna(0) >= 0).all().all()  # error = frame time - sample time: never negative
+
+
+@pytest.mark.realdata
+def test_a_real_camera_mcap_syncs_without_error(shared_data: Path, tmp_path: Path) -> None:
+    decoded = tmp_path / "decoded"
+    decoded.mkdir()
+    decode_drive([shared_data / "mcap" / "lichtblick__custom-camera-model.mcap"], decoded)
+    plan = build_sync_plan(decoded)
+    report = sync_drive(plan.config, tmp_path / "frames.parquet")
+    assert report.frames == 10
+    assert set(report.streams) == {"camera_calibration", "camera_calibration_custom"}
+    assert plan.present["camera"] is False  # not the fleet's front camera: the required-sensor check would say so
