@@ -19,7 +19,7 @@ from dagster import (
 
 from ad_assets.core.inspect_logs import classify
 from ad_assets.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
-from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
 from ad_assets.quality.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates
 from ad_assets.quality.profile import SignalProfile, StreamProfile, profile_drive
 from ad_assets.quality.rules import DECODED_RULES
@@ -149,6 +149,7 @@ def build_decoded_signals_asset(market: str) -> Any:
         group_name=DECODED_GROUP,
         partitions_def=drive_partitions(market),
         backfill_policy=DRIVE_BACKFILL_POLICY,
+        freshness_policy=MARKET_FRESHNESS,
         deps=[AssetKey([market, "raw_drive"]), AssetKey([market, "vehicle_dbc"])],
         code_version=DECODER_VERSION,
         kinds={"parquet"},

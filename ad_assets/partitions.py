@@ -6,9 +6,10 @@ phantom partitions (every drive in every market). See docs/architecture.md.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 
-from dagster import BackfillPolicy, DynamicPartitionsDefinition
+from dagster import BackfillPolicy, DynamicPartitionsDefinition, FreshnessPolicy
 
 # A backfill launches one run per this many drives, amortising run start-up over many small drives.
 DRIVES_PER_BACKFILL_RUN = 25
@@ -24,3 +25,8 @@ DRIVE_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=DRIVES_P
 
 def ingest_job_name(market: str) -> str:
     return f"ingest_{market}"
+
+
+# Asset-level freshness: Dagster judges a market by its newest materialization of any drive, so this says
+# "the market stopped flowing". Per-drive lateness (landing -> synced frames SLO) is the alert sensor's job.
+MARKET_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=24), warn_window=timedelta(hours=12))

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from ad_assets.core.inspect_logs import InvalidLogError, LogInventory, inspect_file, sha256_file
-from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
 from ad_platform.stages import k8s_op_tags
 from ad_resources.lake import Lake, catalog_record_path, registry_path
 from ad_resources.landing import LandingZone
@@ -193,6 +193,7 @@ def build_raw_drive_assets(market: str) -> list[Any]:
         group_name=RAW_GROUP,
         partitions_def=drive_partitions(market),
         backfill_policy=DRIVE_BACKFILL_POLICY,
+        freshness_policy=MARKET_FRESHNESS,
         kinds={"mdf4", "mcap"},
         tags={"ad-platform/stage": "ingest", "ad-platform/market": market},
         op_tags=k8s_op_tags("ingest"),

@@ -6,7 +6,7 @@ from typing import Any
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from ad_assets.partitions import DRIVE_BACKFILL_POLICY, drive_partitions
+from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
 from ad_assets.quality.checks import check_specs, evaluate_rules
 from ad_assets.quality.sync_rules import SYNCED_RULES, sync_tables
 from ad_assets.sync import SyncReport, sync_drive
@@ -83,6 +83,7 @@ def build_synced_frames_asset(market: str) -> Any:
         group_name=SYNCED_GROUP,
         partitions_def=drive_partitions(market),
         backfill_policy=DRIVE_BACKFILL_POLICY,
+        freshness_policy=MARKET_FRESHNESS,
         deps=[AssetKey([market, "decoded_signals"])],
         check_specs=check_specs(key, SYNCED_RULES),
         kinds={"parquet"},

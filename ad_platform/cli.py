@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from ad_platform import settings
 
@@ -33,6 +34,21 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     return 1 if args.strict and any(o.status == "failed" for o in outcomes) else 0
 
 
+def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, seed: int) -> dict[str, str]:
+    """Two deliberately bad drives, so the demo shows what the platform does with them."""
+    from ad_assets.fleetgen import generate_drive
+
+    corrupt = landing / market / f"{market}-demo-corrupt-log"
+    corrupt.mkdir(parents=True, exist_ok=True)
+    # What a clone without Git LFS leaves behind: a pointer text where the log should be.
+    (corrupt / "recording.mcap").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1048576\n")
+    dropout = generate_drive(landing, market, index, minutes, seed=seed, faults=("gnss_dropout",))
+    return {
+        corrupt.name: f"a Git LFS pointer saved as .mcap: quarantined to {landing / '_quarantine'}",
+        dropout.name: "a GNSS dropout: the blocking no_gaps check stops it before synced_frames",
+    }
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ad_assets.fleetgen import generate_fleet
     from ad_platform.definitions import defs
@@ -44,19 +60,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"generating {args.drives} drive(s) x {len(markets)} market(s) x {args.minutes} min into {landing}")
     generate_fleet(landing, markets, args.drives, args.minutes, seed=args.seed)
-    if args.with_bad_drive:
-        bad = landing / markets[0] / f"{markets[0]}-demo-corrupt-log"
-        bad.mkdir(parents=True, exist_ok=True)
-        # What a clone without Git LFS leaves behind: a pointer text where the log should be.
-        (bad / "recording.mcap").write_text(
-            "version https://git-lfs.github.com/spec/v1\noid sha256:0000\nsize 1048576\n"
-        )
+    expected_failures = (
+        _land_bad_examples(landing, markets[0], args.drives, args.minutes, args.seed) if args.with_bad_drives else {}
+    )
     generated = time.monotonic() - started
     outcomes = run_once(defs, _instance(), log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
     total = time.monotonic() - started
 
-    zone = LocalLandingZone(root=str(landing))
-    drives = list(zone.list_drives(markets))
+    drives = list(LocalLandingZone(root=str(landing)).list_drives(markets))
     per_market = Counter(d.market for d in drives)
     print("\nfleet in the landing zone:")
     for market in markets:
@@ -68,17 +79,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(generation {generated:.0f} s, total {total:.0f} s)"
     )
     for o in failed:
-        print(f"  FAILED {o.market}/{o.drive_id}: {o.error}")
-    if args.with_bad_drive:
-        print(
-            "  (the corrupt demo drive is expected to fail: it shows quarantine at work; see "
-            f"{landing / '_quarantine'})"
-        )
+        why = f"  [expected: {expected_failures[o.drive_id]}]" if o.drive_id in expected_failures else ""
+        print(f"  FAILED {o.market}/{o.drive_id}: {' '.join((o.error or '').split())}{why}")
     print(
         f"\nlake: {settings.lake_dir()}\ncatalog: duckdb {settings.catalog_path()}\n"
-        "UI: run `make dev` and open http://127.0.0.1:3000"
+        "UI: run `make dev` and open http://127.0.0.1:3000 (asset checks and failed runs are under each asset)"
     )
-    unexpected = [o for o in failed if "demo-corrupt" not in o.drive_id]
+    unexpected = [o for o in failed if o.drive_id not in expected_failures]
     return 1 if unexpected else 0
 
 
@@ -104,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--minutes", type=float, default=2.0)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
-        "--no-bad-drive",
-        dest="with_bad_drive",
+        "--no-bad-drives",
+        dest="with_bad_drives",
         action="store_false",
-        help="skip the deliberately corrupt drive that demonstrates quarantine",
+        help="skip the two deliberately bad drives that show quarantine and a blocking check",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -22,6 +22,7 @@ from ad_sensors.landing import build_landing_sensor
 
 # BackfillPolicy is beta in Dagster 1.13 but exactly what per-drive batching needs; say so once, in docs.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=BetaWarning)
+warnings.filterwarnings("ignore", message="Function `observable_source_asset`", category=BetaWarning)
 
 
 def build_definitions() -> Definitions:
