@@ -6,9 +6,10 @@ the instance's dagster.yaml — never in asset bodies.
 
 from __future__ import annotations
 
+import os
 import warnings
 
-from dagster import AssetSelection, BetaWarning, Definitions, define_asset_job
+from dagster import AssetKey, AssetSelection, BetaWarning, Definitions, EnvVar, define_asset_job
 
 from ad_assets.decoded import build_decoded_signals_asset
 from ad_assets.markets import MARKETS
@@ -16,8 +17,10 @@ from ad_assets.partitions import ingest_job_name
 from ad_assets.raw import build_raw_drive_assets
 from ad_assets.synced import build_synced_frames_asset
 from ad_platform.stages import stage_run_tags
+from ad_resources.alerts import AlertWebhook
 from ad_resources.quality import GreatExpectationsResource
 from ad_resources.s3 import resources_from_env
+from ad_sensors.alerts import build_alert_sensor
 from ad_sensors.landing import build_landing_sensor
 
 # BackfillPolicy is beta in Dagster 1.13 but exactly what per-drive batching needs; say so once, in docs.
@@ -42,14 +45,20 @@ def build_definitions() -> Definitions:
                 "landing sensor; backfills batch drives per run).",
             )
         )
+    alert_sensor = build_alert_sensor(
+        MARKETS, [AssetKey([m, s]) for m in MARKETS for s in ("raw_drive", "decoded_signals", "synced_frames")]
+    )
+    webhook_url = os.environ.get("AD_ALERT_WEBHOOK_URL")
     return Definitions(
         assets=assets,
         jobs=jobs,
-        sensors=[build_landing_sensor(jobs)],
+        sensors=[build_landing_sensor(jobs), alert_sensor],
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={
             **resources_from_env(),
             "great_expectations": GreatExpectationsResource(),
+            # EnvVar keeps the (often secret) URL out of the UI; unset: alerts are only logged.
+            "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
         },
     )
 

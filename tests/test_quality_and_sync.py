@@ -84,6 +84,7 @@ def test_a_healthy_drive_passes_every_check_and_its_frames_match_the_ground_trut
     assert result.success
     assert {name for (_, name), e in checks.items() if not e.passed} == set()
     assert {name for _, name in checks} == {
+        "drive_lateness",
         "sensor_clock_monotonic",
         "physical_ranges",
         "no_gaps",
