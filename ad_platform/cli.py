@@ -95,6 +95,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return decode_main(args.rest)
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from ad_platform.metrics import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ad_platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the two deliberately bad drives that show quarantine and a blocking check",
     )
     demo.set_defaults(func=cmd_demo)
+
+    metrics = sub.add_parser("metrics", help="serve pipeline metrics (Prometheus text format) on /metrics")
+    metrics.add_argument("--port", type=int, default=9464, help="port of /metrics (default 9464)")
+    metrics.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    metrics.add_argument("--once", action="store_true", help="print one exposition to stdout and exit")
+    metrics.set_defaults(func=cmd_metrics)
 
     decode = sub.add_parser("decode", help="decode one log file or folder outside Dagster (see --help)", add_help=False)
     decode.add_argument("rest", nargs=argparse.REMAINDER)

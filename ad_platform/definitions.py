@@ -16,6 +16,7 @@ from ad_assets.markets import MARKETS
 from ad_assets.partitions import ingest_job_name
 from ad_assets.raw import build_raw_drive_assets
 from ad_assets.synced import build_synced_frames_asset
+from ad_platform.json_logging import platform_loggers
 from ad_platform.stages import stage_run_tags
 from ad_resources.alerts import AlertWebhook
 from ad_resources.quality import GreatExpectationsResource
@@ -53,6 +54,7 @@ def build_definitions() -> Definitions:
         assets=assets,
         jobs=jobs,
         sensors=[build_landing_sensor(jobs), alert_sensor],
+        loggers=platform_loggers(),  # console + structured JSON lines (docs/observability.md)
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={
             **resources_from_env(),

@@ -36,6 +36,7 @@ TOLERANCE_NS: dict[str, int] = {
 }
 DEFAULT_TOLERANCE_PERIODS = 3
 MIN_TOLERANCE_NS = 20 * MS
+CAUSAL_TOLERANCE_PERIODS = 1.5
 SKIP_COLUMNS = {"timestamp_ns", "header_stamp_ns", "publish_time_ns", "frame_index", "bus", "can_id"}
 
 
@@ -97,6 +98,8 @@ def build_sync_plan(decoded_dir: Path, *, mdf_clock_offset_ns: int = 0, causal: 
         if period is None:
             continue
         tolerance = TOLERANCE_NS.get(name, max(MIN_TOLERANCE_NS, DEFAULT_TOLERANCE_PERIODS * period))
+        if causal:  # holding the last sample is up to one period old by design, plus logger jitter
+            tolerance = max(tolerance, int(CAUSAL_TOLERANCE_PERIODS * period))
         common: dict[str, Any] = {"tolerance_ns": tolerance, "causal": causal, "clock_offset_ns": 0}
         if name.startswith(("mdf__", "can__")):
             common["clock_offset_ns"] = mdf_clock_offset_ns
