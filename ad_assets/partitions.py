@@ -23,6 +23,9 @@ def drive_partitions(market: str) -> DynamicPartitionsDefinition:
 DRIVE_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=DRIVES_PER_BACKFILL_RUN)
 
 
+MARKET_JOB = "market_assets"
+
+
 def ingest_job_name(market: str) -> str:
     return f"ingest_{market}"
 

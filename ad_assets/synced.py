@@ -1,20 +1,34 @@
 """Stage 3, synced frames: every decoded stream aligned to the front camera's clock, one row per frame."""
 
 import json
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 from pydantic import Field
 
 from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
 from ad_assets.quality.checks import check_specs, evaluate_rules
+from ad_assets.quality.drift import SIGNAL_SUMMARIES, summarize_drive
 from ad_assets.quality.sync_rules import SYNCED_RULES, sync_tables
 from ad_assets.sync import SyncReport, sync_drive
-from ad_assets.sync.plan import REQUIRED_STREAMS, build_sync_plan, mdf_clock_offset
+from ad_assets.sync.plan import REFERENCE_STREAM, REQUIRED_STREAMS, build_sync_plan, mdf_clock_offset
 from ad_platform.stages import k8s_op_tags
-from ad_resources.lake import Lake, decoded_path, synced_path
+from ad_resources.lake import Lake, catalog_record_path, decoded_path, registry_path, synced_path
 from ad_resources.landing import LandingZone
 from ad_resources.quality import GreatExpectationsResource
+from ad_sensors.alerts import DEFAULT_LATENESS_SLO, LATENESS_CHECK
 
 SYNCED_GROUP = "synced"
 FRAMES_FILE = "frames.parquet"
@@ -43,7 +57,8 @@ def sync_one_drive(
     landing: LandingZone, lake: Lake, market: str, drive_id: str, settings: SyncSettings, log: Any
 ) -> tuple[SyncReport, dict[str, bool]]:
     """Sync a decoded drive into the lake atomically; MDF/CAN clocks are corrected by the manifest's offset."""
-    offset = mdf_clock_offset(_manifest(landing, market, drive_id))
+    manifest = _manifest(landing, market, drive_id) or {"drive_id": drive_id, "market": market}
+    offset = mdf_clock_offset(manifest)
     with lake.local_dir(decoded_path(market, drive_id)) as decoded_dir:
         plan = build_sync_plan(decoded_dir, mdf_clock_offset_ns=offset, causal=settings.causal)
         config = plan.config
@@ -51,6 +66,10 @@ def sync_one_drive(
             config = type(config)(**{**config.__dict__, "drop_out_of_tolerance": True})
         with lake.write_dir(synced_path(market, drive_id)) as out_dir:
             report = sync_drive(config, out_dir / FRAMES_FILE, log=log)
+        with lake.local_dir(synced_path(market, drive_id)) as synced_dir:
+            # Small per-drive signal summary for the market's drift check (ad_assets/drift.py).
+            summary = summarize_drive(synced_dir / FRAMES_FILE, decoded_dir / f"{REFERENCE_STREAM}.parquet", manifest)
+        lake.write_table(catalog_record_path(SIGNAL_SUMMARIES, market, drive_id), summary)
     return report, plan.present
 
 
@@ -75,6 +94,24 @@ def _metadata(report: SyncReport, lake: Lake, market: str, drive_id: str) -> dic
     }
 
 
+def _lateness(key: AssetKey, lake: Lake, market: str, drive_ids: Iterable[str]) -> AssetCheckResult:
+    """How long after landing these drives were synced (warn-level: late data is still good data)."""
+    now = time.time_ns()
+    hours = {
+        d: round((now - record["landed_at_ns"]) / 3.6e12, 2)
+        for d in drive_ids
+        if (record := lake.read_json(registry_path(market, d)))
+    }
+    late = sorted(d for d, h in hours.items() if h > DEFAULT_LATENESS_SLO.total_seconds() / 3600)
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=LATENESS_CHECK,
+        passed=not late,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"late_drives": MetadataValue.json(late), "hours_since_landing": MetadataValue.json(hours)},
+    )
+
+
 def build_synced_frames_asset(market: str) -> Any:
     key = AssetKey([market, "synced_frames"])
 
@@ -85,7 +122,15 @@ def build_synced_frames_asset(market: str) -> Any:
         backfill_policy=DRIVE_BACKFILL_POLICY,
         freshness_policy=MARKET_FRESHNESS,
         deps=[AssetKey([market, "decoded_signals"])],
-        check_specs=check_specs(key, SYNCED_RULES),
+        check_specs=[
+            *check_specs(key, SYNCED_RULES),
+            AssetCheckSpec(
+                LATENESS_CHECK,
+                asset=key,
+                description=f"Synced within {DEFAULT_LATENESS_SLO} of landing; the alert sensor also reports "
+                "drives that never sync.",
+            ),
+        ],
         kinds={"parquet"},
         tags={"ad-platform/stage": "sync", "ad-platform/market": market},
         op_tags=k8s_op_tags("sync"),
@@ -103,7 +148,7 @@ def build_synced_frames_asset(market: str) -> Any:
     ) -> MaterializeResult:
         synced = {d: sync_one_drive(landing, lake, market, d, config, context.log) for d in context.partition_keys}
         tables = {d: sync_tables(report, present, REQUIRED_STREAMS) for d, (report, present) in synced.items()}
-        checks = evaluate_rules(key, SYNCED_RULES, tables, great_expectations)
+        checks = [*evaluate_rules(key, SYNCED_RULES, tables, great_expectations), _lateness(key, lake, market, synced)]
         if len(synced) == 1:
             ((drive_id, (report, _)),) = synced.items()
             metadata = _metadata(report, lake, market, drive_id)

@@ -52,7 +52,7 @@ def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, s
 def cmd_demo(args: argparse.Namespace) -> int:
     from ad_assets.fleetgen import generate_fleet
     from ad_platform.definitions import defs
-    from ad_platform.runner import run_once
+    from ad_platform.runner import refresh_market_assets, run_once
     from ad_resources.landing import LocalLandingZone
 
     landing = settings.landing_dir()
@@ -64,7 +64,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _land_bad_examples(landing, markets[0], args.drives, args.minutes, args.seed) if args.with_bad_drives else {}
     )
     generated = time.monotonic() - started
-    outcomes = run_once(defs, _instance(), log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
+    instance = _instance()
+    outcomes = run_once(defs, instance, log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
+    print("  market assets (signal drift per market)")
+    drift_ok = refresh_market_assets(defs, instance, console_log_level="CRITICAL")
     total = time.monotonic() - started
 
     drives = list(LocalLandingZone(root=str(landing)).list_drives(markets))
@@ -86,7 +89,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "UI: run `make dev` and open http://127.0.0.1:3000 (asset checks and failed runs are under each asset)"
     )
     unexpected = [o for o in failed if o.drive_id not in expected_failures]
-    return 1 if unexpected else 0
+    if not drift_ok:
+        print("  FAILED market assets run (see the UI)")
+    return 1 if unexpected or not drift_ok else 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import warnings
 
-from dagster import AssetKey, AssetSelection, BetaWarning, Definitions, EnvVar, define_asset_job
+from dagster import AssetKey, AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 
 from ad_assets.decoded import build_decoded_signals_asset
+from ad_assets.drift import build_drift_asset
 from ad_assets.markets import MARKETS
-from ad_assets.partitions import ingest_job_name
+from ad_assets.partitions import MARKET_JOB, ingest_job_name
 from ad_assets.raw import build_raw_drive_assets
 from ad_assets.synced import build_synced_frames_asset
 from ad_platform.json_logging import platform_loggers
@@ -30,13 +31,13 @@ warnings.filterwarnings("ignore", message="Function `observable_source_asset`", 
 
 
 def build_definitions() -> Definitions:
-    assets, jobs = [], []
+    assets, ingest_jobs = [], []
     for market in MARKETS:
         vehicle_dbc, raw_drive = build_raw_drive_assets(market)
         decoded_signals = build_decoded_signals_asset(market)
         synced_frames = build_synced_frames_asset(market)
-        assets += [vehicle_dbc, raw_drive, decoded_signals, synced_frames]
-        jobs.append(
+        assets += [vehicle_dbc, raw_drive, decoded_signals, synced_frames, build_drift_asset(market)]
+        ingest_jobs.append(
             define_asset_job(
                 name=ingest_job_name(market),
                 selection=AssetSelection.assets(raw_drive, decoded_signals, synced_frames),
@@ -46,14 +47,22 @@ def build_definitions() -> Definitions:
                 "landing sensor; backfills batch drives per run).",
             )
         )
+    # Market-level assets are unpartitioned: one job for all markets, refreshed on a schedule.
+    market_job = define_asset_job(
+        name=MARKET_JOB,
+        selection=AssetSelection.assets(*(AssetKey([m, "signal_drift"]) for m in MARKETS)),
+        tags=stage_run_tags("curate"),
+        description="Per-market assets over all synced drives: the signal drift check against each market's reference.",
+    )
     alert_sensor = build_alert_sensor(
         MARKETS, [AssetKey([m, s]) for m in MARKETS for s in ("raw_drive", "decoded_signals", "synced_frames")]
     )
     webhook_url = os.environ.get("AD_ALERT_WEBHOOK_URL")
     return Definitions(
         assets=assets,
-        jobs=jobs,
-        sensors=[build_landing_sensor(jobs), alert_sensor],
+        jobs=[*ingest_jobs, market_job],
+        sensors=[build_landing_sensor(ingest_jobs), alert_sensor],
+        schedules=[ScheduleDefinition(job=market_job, cron_schedule="17 * * * *")],
         loggers=platform_loggers(),  # console + structured JSON lines (docs/observability.md)
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={

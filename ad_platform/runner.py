@@ -13,6 +13,7 @@ from typing import Any
 
 from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
 
+from ad_assets.partitions import MARKET_JOB
 from ad_platform import settings
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, evaluate_landing
 
@@ -108,6 +109,16 @@ def run_once(
         if not progressed:
             break
     return outcomes
+
+
+def refresh_market_assets(defs: Definitions, instance: DagsterInstance, console_log_level: str = "WARNING") -> bool:
+    """Materialize the market-level assets (the schedule's job) once, e.g. after a batch of drives."""
+    run = defs.resolve_job_def(MARKET_JOB).execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+    )
+    return run.success
 
 
 def outcomes_json(outcomes: list[DriveOutcome]) -> str:

@@ -12,7 +12,8 @@ def test_definitions_are_loadable_with_the_full_graph() -> None:
     Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for market in MARKETS:
-        assert {f"{market}/vehicle_dbc", f"{market}/raw_drive", f"{market}/decoded_signals"} <= keys
+        stages = ("vehicle_dbc", "raw_drive", "decoded_signals", "synced_frames", "signal_drift")
+        assert {f"{market}/{stage}" for stage in stages} <= keys
     assert defs.resolve_sensor_def("landing_zone_sensor") is not None
 
 
@@ -33,7 +34,7 @@ def test_each_market_has_its_own_drive_partitions_and_no_phantoms() -> None:
 def test_a_market_backfill_selects_only_that_markets_drives() -> None:
     job = defs.resolve_job_def("ingest_de")
     selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
-    assert selected == {"de/raw_drive", "de/decoded_signals"}
+    assert selected == {"de/raw_drive", "de/decoded_signals", "de/synced_frames"}
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("drives_de", ["de-a", "de-b"])
         instance.add_dynamic_partitions("drives_jp", ["jp-a"])

@@ -26,7 +26,7 @@ from mcap_protobuf.schema import build_file_descriptor_set
 from mcap_ros2._dynamic import serialize_dynamic
 
 from .motion import Motion, sample
-from .profiles import GENERATOR_VERSION, LATENCY_NS, MCAP_STREAMS, DriveSpec, drive_rng
+from .profiles import GENERATOR_VERSION, LATENCY_NS, MCAP_STREAMS, DriveSpec, camera_exposure, drive_rng
 from .render import CameraRenderer, LidarRenderer
 
 # rosbag2 stores the full message definition with every dependency, separated by "=" lines.
@@ -155,6 +155,7 @@ class McapDriveWriter:
             prof.driving_side,
             prof.center_line_yellow,
             drive_rng(spec.seed, spec.market, spec.index, 3),
+            exposure=camera_exposure(spec),
         )
         self.lidar = LidarRenderer(lidar_points, odd["road_type"], drive_rng(spec.seed, spec.market, spec.index, 4))
         self.quality = jpeg_quality

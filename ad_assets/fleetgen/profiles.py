@@ -6,6 +6,7 @@ regenerate the noise-free ground truth later (``ground_truth``) without reading 
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 
 # Vehicle geometry used by the bicycle model: steering_wheel = STEERING_RATIO * atan(WHEELBASE_M * curvature).
 WHEELBASE_M = 2.85
@@ -41,6 +42,9 @@ class MarketProfile:
     temperature_c: float  # typical March outside temperature
     highway_limits_mph: tuple[float, ...] = ()  # US posts mph limits; desired speeds cluster around them
     center_line_yellow: bool = False
+    # Each market's vehicle programme has its own front-camera module and ISP tuning (exposure target, gain):
+    # the same scene comes out this much brighter/darker than on the DE programme, at any time of day.
+    camera_gain: float = 1.0
 
 
 MARKETS: dict[str, MarketProfile] = {
@@ -55,6 +59,7 @@ MARKETS: dict[str, MarketProfile] = {
         {"day": 0.60, "dusk": 0.20, "night": 0.20},
         {"urban": 0.30, "rural": 0.30, "highway": 0.40},
         temperature_c=7.0,
+        camera_gain=0.90,
     ),
     "us": MarketProfile(
         "us",
@@ -69,6 +74,7 @@ MARKETS: dict[str, MarketProfile] = {
         temperature_c=14.0,
         highway_limits_mph=(65.0, 75.0),
         center_line_yellow=True,
+        camera_gain=1.27,
     ),
     "cn": MarketProfile(
         "cn",
@@ -81,6 +87,7 @@ MARKETS: dict[str, MarketProfile] = {
         {"day": 0.55, "dusk": 0.20, "night": 0.25},
         {"urban": 0.60, "rural": 0.15, "highway": 0.25},
         temperature_c=12.0,
+        camera_gain=0.76,
     ),
     "jp": MarketProfile(
         "jp",
@@ -93,6 +100,7 @@ MARKETS: dict[str, MarketProfile] = {
         {"day": 0.45, "dusk": 0.20, "night": 0.35},
         {"urban": 0.60, "rural": 0.20, "highway": 0.20},
         temperature_c=10.0,
+        camera_gain=1.07,
     ),
 }
 
@@ -194,6 +202,11 @@ def make_spec(
     spec = DriveSpec(market, index, seed, duration_s, drive_id, vehicle_id, start_ns, odd, offsets)
     spec.faults = _make_faults(drive_rng(seed, market, index, 9), tuple(faults), duration_s)
     return spec
+
+
+def camera_exposure(spec: DriveSpec) -> float:
+    """The market camera's gain times this drive's auto-exposure settling point (log-normal, sigma 2 %)."""
+    return spec.profile.camera_gain * math.exp(0.02 * float(drive_rng(spec.seed, spec.market, spec.index, 10).normal()))
 
 
 def _make_faults(rng: np.random.Generator, faults: tuple[str, ...], duration_s: float) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ class CameraRenderer:
         driving_side: str,
         yellow_center: bool,
         rng: np.random.Generator,
+        exposure: float = 1.0,
     ) -> None:
         self.w, self.h = width, height
         self.tod, self.weather = time_of_day, weather
@@ -42,7 +43,8 @@ class CameraRenderer:
         self.rows = np.arange(int(self.y_h) + 1, height)
         self.z = np.minimum(self.f * CAM_HEIGHT_M / (self.rows - self.y_h), 250.0)
         self.cols = np.arange(width, dtype=np.float32)[None, :]
-        b = _BRIGHT[time_of_day] * {"clear": 1.0, "rain": 0.72, "fog": 0.85, "snow": 0.9}[weather]
+        # ``exposure``: the camera's gain (market programme x auto-exposure), folded into sky, scene, haze and noise.
+        b = exposure * _BRIGHT[time_of_day] * {"clear": 1.0, "rain": 0.72, "fog": 0.85, "snow": 0.9}[weather]
         ground = (200, 200, 205) if weather == "snow" else (70, 105, 50)
         self.palette = (
             np.array(
@@ -67,12 +69,14 @@ class CameraRenderer:
         if weather in ("rain", "fog", "snow"):
             gray = sky.mean(axis=1, keepdims=True)
             sky = 0.3 * sky + 0.7 * gray * (1.1 if weather == "fog" else 0.75)
+        sky *= exposure
         self.sky = np.repeat(sky[:, None, :], width, axis=1).clip(0, 255).astype(np.uint8)
         self.noise_sigma = {"clear": 2.0, "rain": 14.0, "fog": 7.0, "snow": 10.0}[weather]
         if time_of_day == "night":
             self.noise_sigma += 5.0  # high gain sensor noise in the dark
         # One noise texture per drive, sampled at random offsets per frame: ~free compared to fresh noise.
-        self.noise = (rng.standard_normal((height + 64, width + 64, 3)) * self.noise_sigma).astype(np.float32)
+        noise = rng.standard_normal((height + 64, width + 64, 3)) * (self.noise_sigma * exposure)
+        self.noise = noise.astype(np.float32)
 
     def render(self, curvature: float, distance_m: float, lateral_m: float, rng: np.random.Generator) -> np.ndarray:
         z = self.z
