@@ -116,12 +116,24 @@ def test_causal_mode_never_uses_a_sample_from_after_the_frame(fleet: dict[str, P
 
 
 @pytest.mark.realdata
-def test_a_real_camera_mcap_syncs_without_error(shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("log", "frames", "streams"),
+    [
+        # JPEG camera with calibration topics (json, base64 images)
+        ("lichtblick__custom-camera-model.mcap", 10, {"camera_calibration", "camera_calibration_custom"}),
+        # a real 2-D lidar (protobuf LaserScan), no camera: its sweeps are the reference clock
+        ("rplidar-zenoh__out.mcap", 256, set()),
+    ],
+)
+def test_real_camera_and_lidar_mcaps_sync_without_error(
+    shared_data: Path, tmp_path: Path, log: str, frames: int, streams: set[str]
+) -> None:
     decoded = tmp_path / "decoded"
     decoded.mkdir()
-    decode_drive([shared_data / "mcap" / "lichtblick__custom-camera-model.mcap"], decoded)
+    decode_drive([shared_data / "mcap" / log], decoded)
     plan = build_sync_plan(decoded)
     report = sync_drive(plan.config, tmp_path / "frames.parquet")
-    assert report.frames == 10
-    assert set(report.streams) == {"camera_calibration", "camera_calibration_custom"}
+    assert report.frames == frames
+    assert {name.removesuffix("_state") for name in report.streams} == streams
+    assert all(s.within_tolerance_ratio == 1.0 for s in report.streams.values())
     assert plan.present["camera"] is False  # not the fleet's front camera: the required-sensor check would say so

@@ -1,6 +1,7 @@
 """Which decoded streams a drive's synced frames carry, and how each is matched to the camera clock.
 
-Works on any decoded drive: the front camera (or the first image stream) is the reference, point clouds
+Works on any decoded drive: the front camera (or another image stream, or for lidar-only logs the first point
+cloud) is the reference, point clouds
 are attached by nearest sweep (row index, no payload), float signals are interpolated linearly, integer
 and boolean states take the previous value. Known fleet streams get tuned tolerances; anything else gets
 a tolerance of a few of its own sample periods.
@@ -69,7 +70,8 @@ def _median_period_ns(parquet: pq.ParquetFile) -> int | None:
 
 
 def _is_payload_table(schema: pa.Schema) -> bool:
-    return "data" in schema.names and pa.types.is_binary(schema.field("data").type) and "frame_index" in schema.names
+    """Camera frames and point clouds, as the decode contract tags them (file metadata ``kind``)."""
+    return (schema.metadata or {}).get(b"kind") in (b"image", b"pointcloud")
 
 
 def _short_name(stream: str) -> str:
@@ -81,14 +83,13 @@ def build_sync_plan(decoded_dir: Path, *, mdf_clock_offset_ns: int = 0, causal: 
     """The SyncConfig for one decoded drive; ``mdf_clock_offset_ns`` is removed from MDF and CAN streams."""
     tables = {p.stem: p for p in sorted(decoded_dir.glob("*.parquet"))}
     payload = {name for name, path in tables.items() if _is_payload_table(pq.read_schema(path))}
-    reference = (
-        REFERENCE_STREAM
-        if REFERENCE_STREAM in tables
-        else next((n for n in sorted(payload) if "image" in n or "camera" in n), None)
-    )
+    # The front camera; else any camera; else (a lidar-only log) the first point-cloud stream.
+    cameras = sorted(n for n in payload if pq.read_schema(tables[n]).metadata.get(b"kind") == b"image")
+    candidates = [REFERENCE_STREAM] if REFERENCE_STREAM in tables else cameras or sorted(payload)
     present = {sensor: stream in tables for sensor, stream in REQUIRED_STREAMS.items()}
-    if reference is None:
-        raise ValueError(f"{decoded_dir}: no camera/image stream to use as the reference clock")
+    if not candidates:
+        raise ValueError(f"{decoded_dir}: no camera or point-cloud stream to use as the reference clock")
+    reference = candidates[0]
     streams: list[StreamSpec] = []
     for name, path in tables.items():
         if name == reference:
