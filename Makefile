@@ -15,7 +15,7 @@ DEMO_DRIVES ?= 2
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 2
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-sync clean
+.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor clean
 
 venv: $(STAMP)
 
@@ -34,7 +34,8 @@ test: $(STAMP)
 
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -48,6 +49,9 @@ bench-ingest: $(STAMP)
 
 bench-sync: $(STAMP)
 	$(PY) benchmarks/bench_sync.py
+
+bench-sensor: $(STAMP)
+	$(PY) benchmarks/bench_sensor_postgres.py
 
 clean:
 	rm -rf $(AD_STATE_DIR)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from dagster import AssetKey, Definitions, instance_for_test
+from tests_support import REPO_ROOT
 
 from ad_assets.markets import MARKETS
 from ad_platform.definitions import defs
@@ -42,3 +48,19 @@ def test_a_market_backfill_selects_only_that_markets_drives() -> None:
     graph = defs.resolve_asset_graph()
     policy = graph.get(AssetKey(["de", "raw_drive"])).backfill_policy
     assert policy is not None and policy.max_partitions_per_run == 25
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "AD_STATE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [Path(sys.executable).parent / "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout
