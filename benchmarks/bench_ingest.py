@@ -1,9 +1,11 @@
 """Ingest benchmark: decode_drive end to end (MDF4 + MCAP -> Parquet) on ~1 GB and ~4 GB drives.
 
-Drives are generated once with ad_assets.fleetgen (or, where fleetgen is not available, with a built-in
-generator of the same shape: a 100 Hz many-signal MF4 + an MCAP with JPEG-sized camera frames, lidar sweeps,
-IMU and GNSS) and cached under benchmarks/.data/ (git-ignored). Each size runs in a fresh subprocess; its
-RssAnon is polled from /proc. One JSON line per size on stdout.
+Drives are generated once with ad_assets.fleetgen, sized with ``options_for_size(size_gb, minutes)`` (default
+320x180 camera; the bytes are lidar points in the MCAP and extra 1 kHz channels in the MF4; 10 minutes for 1 GB,
+20 for 4 GB) and cached under benchmarks/.data/fleetgen_<size>gb (git-ignored), keyed by those options: a cache
+generated with other options is deleted and regenerated. Where fleetgen is not available, a built-in generator
+of the same shape is used. Each size runs in a fresh subprocess (its wall time, imports included, is
+``seconds``); its RssAnon is polled from /proc. One JSON line per size on stdout.
 
     python benchmarks/bench_ingest.py [--sizes 1,4] [--keep-output]
 """
@@ -26,18 +28,30 @@ sys.path.insert(0, str(ROOT))
 
 
 # --------------------------------------------------------------------------- drive generation
+BENCH_MINUTES = {1.0: 10.0, 4.0: 20.0}  # drive length per size; bytes come from lidar points + MDF channels
+
+
 def _fleetgen_drive(gb: float) -> Path | None:
+    """A fleetgen drive of ~gb GB sized with ``options_for_size`` (default 320x180 camera), cached by options."""
     try:
-        from ad_assets.fleetgen import generate_drive  # type: ignore[attr-defined]
+        from ad_assets.fleetgen import generate_drive, options_for_size  # type: ignore[attr-defined]
     except ImportError:
         return None
+    minutes = BENCH_MINUTES.get(gb, max(10.0, round(gb * 5.0, 1)))
+    opts = options_for_size(gb, minutes)
+    key = {"minutes": minutes, "seed": 0, **opts}
     landing = DATA / f"fleetgen_{gb:g}gb"
-    existing = [p for p in landing.glob("*/*") if p.is_dir() and not p.name.startswith("_")]
-    if existing:
+    stamp = landing / "bench-options.json"
+    existing = [p for p in landing.glob("*/*") if p.is_dir() and not p.name.startswith((".", "_"))]
+    if existing and stamp.exists() and json.loads(stamp.read_text()) == key:
         return existing[0]
-    # measured with these options: ~278 MB per drive minute (1280x720 camera at 10 Hz, lidar, 150 extra MDF signals)
-    minutes = max(1.0, round(gb * 1000 / 278, 1))
-    return Path(generate_drive(landing, "de", 0, minutes, seed=0, camera_size=(1280, 720), extra_mdf_signals=150))
+    shutil.rmtree(landing, ignore_errors=True)  # generated with other options: regenerate
+    landing.mkdir(parents=True)
+    t = time.perf_counter()
+    drive = Path(generate_drive(landing, "de", 0, minutes, seed=0, **opts))
+    stamp.write_text(json.dumps(key, sort_keys=True))
+    print(f"generated {drive} ({key}) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return drive
 
 
 def _builtin_drive(gb: float) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,11 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from foxglove_schemas_protobuf.LocationFix_pb2 import LocationFix
+from mcap.reader import make_reader
 from mcap.writer import CompressionType, IndexType
 from mcap.writer import Writer as RawWriter
+from mcap_protobuf.schema import build_file_descriptor_set
 from mcap_protobuf.writer import Writer as PbWriter
 
-from ad_assets.decode import DecodeError, decode_drive, decode_file, parquet_out, read_frame
+from ad_assets.decode import DecodeError, decode_drive, decode_file, mcap_chunks, parquet_out, read_frame
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000_000_000
@@ -40,9 +43,10 @@ def _write_pb_mcap(path: Path, n_frames: int, order: list[int] | None = None, ch
         w.finish()
 
 
-def _write_json_mcap(path: Path, times: list[int], *, indexed: bool = True, compression=CompressionType.LZ4) -> None:
+def _write_json_mcap(path: Path, times: list[int], *, indexed: bool = True, compression=CompressionType.LZ4,
+                     chunked: bool = True) -> None:
     with open(path, "wb") as fh:
-        w = RawWriter(fh, compression=compression, chunk_size=32 * 1024, use_chunking=True,
+        w = RawWriter(fh, compression=compression, chunk_size=32 * 1024, use_chunking=chunked,
                       index_types=IndexType.ALL if indexed else IndexType.NONE, use_summary_offsets=indexed,
                       repeat_channels=indexed, repeat_schemas=indexed)
         w.start(profile="", library="test")
@@ -209,6 +213,16 @@ def test_fleetgen_round_trip(tmp_path: Path) -> None:
     names = {s.name for s in rep.streams}
     for topic in ("camera_front_compressed", "lidar_top_points", "imu_data", "gnss_fix", "logger_status"):
         assert f"mcap__{topic}" in names, names
+    # asammdf decodes the CAN group with the DBC attached to the MF4 into virtual "from CAN1 message ID=0x..."
+    # groups when it opens the file; they duplicate can__<message> and must not become streams
+    from asammdf import MDF
+
+    mf4 = next(p for p in files if p.suffix == ".mf4")
+    with MDF(mf4) as mdf:
+        assert any(str(g.channel_group.acq_name).startswith("from CAN") for g in mdf.groups)
+    assert not [n for n in names if n.startswith("mdf__from_can")], names
+    assert "can__esp_vehicle_speed" in names
+    assert {"mdf__powertrain_1khz", "mdf__chassis_100hz"} <= names, names
     gt = ground_truth(drive)
     speed_streams = [s for s in rep.streams if s.kind == "can" and any("speed" in c.lower() for c in s.columns)]
     assert speed_streams
@@ -220,3 +234,139 @@ def test_fleetgen_round_trip(tmp_path: Path) -> None:
     assert read_frame(img.parquet, img.rows - 1)[:2] == b"\xff\xd8"
     imu = pq.read_table(rep.stream("mcap__imu_data").parquet)
     assert "linear_acceleration.x" in imu.column_names and "header_stamp_ns" in imu.column_names
+
+
+# ------------------------------------------------------------------ chunk reader (ad_assets.decode.mcap_chunks)
+def _write_raw_pb_mcap(path: Path, n: int, *, compression, indexed: bool, chunked: bool = True) -> None:
+    """Protobuf images + GNSS written with the low-level mcap Writer (any compression / index / chunking)."""
+    with open(path, "wb") as fh:
+        w = RawWriter(fh, compression=compression, chunk_size=16 * 1024, use_chunking=chunked,
+                      index_types=IndexType.ALL if indexed else IndexType.NONE, use_summary_offsets=indexed,
+                      repeat_channels=indexed, repeat_schemas=indexed, use_statistics=indexed)
+        w.start(profile="", library="test")
+        chans = {}
+        for cls, topic in ((CompressedImage, "/camera/front/compressed"), (LocationFix, "/gnss/fix")):
+            sid = w.register_schema(cls.DESCRIPTOR.full_name, "protobuf",
+                                    build_file_descriptor_set(cls).SerializeToString())
+            chans[topic] = w.register_channel(topic, "protobuf", sid)
+        for i in range(n):
+            ts = T0 + i * 100_000_000
+            img = CompressedImage(format="jpeg", frame_id=f"cam{i // 7}", data=b"\xff\xd8" + i.to_bytes(4, "big") * 300)
+            img.timestamp.FromNanoseconds(ts + 5)
+            w.add_message(chans["/camera/front/compressed"], log_time=ts, publish_time=ts + 1,
+                          data=img.SerializeToString())
+            fix = LocationFix(latitude=48.0 + i * 1e-5, longitude=11.0, altitude=500.0 + i)
+            fix.timestamp.FromNanoseconds(ts)
+            w.add_message(chans["/gnss/fix"], log_time=ts, publish_time=ts, data=fix.SerializeToString())
+        w.finish()
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+@pytest.mark.parametrize("indexed", [True, False])
+@pytest.mark.parametrize("compression", [CompressionType.NONE, CompressionType.LZ4, CompressionType.ZSTD])
+def test_chunk_reader_matches_mcap_library(tmp_path: Path, compression, indexed: bool, chunked: bool) -> None:
+    f = tmp_path / "p.mcap"
+    _write_raw_pb_mcap(f, 60, compression=compression, indexed=indexed, chunked=chunked)
+    # every message the mcap library yields, in file order, with the same payload bytes
+    with open(f, "rb") as fh:
+        ref = [(c.topic, m.log_time, m.publish_time, m.data) for _s, c, m in make_reader(fh).iter_messages(
+            log_time_order=False)]
+    got, topics = [], {}
+    for block in mcap_chunks.scan(f):
+        for op, a, b in mcap_chunks.parse_block(block.data, block.offset):
+            assert block.chunk == chunked or op != mcap_chunks.OP_MESSAGE
+            if op == mcap_chunks.OP_CHANNEL:
+                cid, _sid, topic, _enc, _meta = mcap_chunks.parse_channel(block.data, a, b)
+                topics[cid] = topic
+            elif op == mcap_chunks.OP_MESSAGE:
+                cid, _seq, lt, pt = mcap_chunks.MSG_HEAD.unpack_from(block.data, a)
+                got.append((topics[cid], lt, pt, bytes(block.data[a + 22 : b])))
+    assert got == ref and len(got) == 120
+    # and the decoded tables (protobuf frame fast path) hold the same values as a plain protobuf parse
+    rep = decode_file(f, tmp_path / "out")
+    img = rep.stream("mcap__camera_front_compressed")
+    assert img.status == "ok" and img.rows == 60
+    t = pq.read_table(img.parquet)
+    assert t.column("frame_id").to_pylist() == [f"cam{i // 7}" for i in range(60)]
+    assert t.column("header_stamp_ns").to_pylist() == [T0 + i * 100_000_000 + 5 for i in range(60)]
+    assert t.column("publish_time_ns").to_pylist() == [T0 + i * 100_000_000 + 1 for i in range(60)]
+    assert t.schema.field("data").type == "binary"
+    for i in (0, 17, 59):
+        assert read_frame(img.parquet, i) == b"\xff\xd8" + i.to_bytes(4, "big") * 300
+    gnss = pq.read_table(rep.stream("mcap__gnss_fix").parquet)
+    np.testing.assert_allclose(gnss.column("altitude").to_numpy(), 500.0 + np.arange(60))
+    # the reader hashes the file while reading it
+    kv = pq.ParquetFile(img.parquet).metadata.metadata
+    assert kv[b"source_sha256"].decode() == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("compression", [CompressionType.NONE, CompressionType.ZSTD])
+def test_chunk_reader_corrupt_chunk(tmp_path: Path, compression) -> None:
+    f = tmp_path / "ok.mcap"
+    times = [T0 + i * 1000 for i in range(6000)]
+    _write_json_mcap(f, times, compression=compression)
+    with open(f, "rb") as fh:
+        chunks = make_reader(fh).get_summary().chunk_indexes
+    assert len(chunks) >= 4
+    data = f.read_bytes()
+    # a flipped byte in the records of the third chunk: CRC mismatch (or zstd error) -> salvage the first two
+    third = chunks[2]
+    bad = bytearray(data)
+    bad[third.chunk_start_offset + third.chunk_length - 40] ^= 0x55
+    (tmp_path / "crc.mcap").write_bytes(bytes(bad))
+    rep = decode_file(tmp_path / "crc.mcap", tmp_path / "out")
+    s = rep.stream("mcap__logger_status")
+    kept = sum(t < third.message_start_time for t in times)
+    assert s.status == "salvaged" and s.rows == kept
+    assert f"crc.mcap: read stopped at byte {third.chunk_start_offset} of {len(data)}" in s.error
+    assert f"salvaged {kept} messages" in s.error and rep.errors == [s.error]
+    if compression == CompressionType.NONE:
+        assert "CRC mismatch" in s.error
+    kv = pq.ParquetFile(s.parquet).metadata.metadata  # not read to the end: hashed separately
+    assert kv[b"source_sha256"].decode() == hashlib.sha256(bytes(bad)).hexdigest()
+    # the first chunk corrupt: nothing readable -> a clear error naming the file and the byte offset
+    first = chunks[0]
+    bad = bytearray(data)
+    bad[first.chunk_start_offset + first.chunk_length - 40] ^= 0x55
+    (tmp_path / "first.mcap").write_bytes(bytes(bad))
+    with pytest.raises(DecodeError, match=rf"first\.mcap: not readable as MCAP: .*at byte {first.chunk_start_offset}"):
+        decode_file(tmp_path / "first.mcap", tmp_path / "out2")
+
+
+def test_chunk_reader_rejects_bad_records(tmp_path: Path) -> None:
+    f = tmp_path / "u.mcap"
+    _write_json_mcap(f, [T0 + i for i in range(50)], compression=CompressionType.NONE, chunked=False, indexed=False)
+    rep = decode_file(f, tmp_path / "o1")
+    assert rep.stream("mcap__logger_status").rows == 50 and rep.stream("mcap__logger_status").status == "ok"
+    data = f.read_bytes()
+    # a record length pointing past the end of the file: stops there, earlier messages are kept
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    rep = decode_file(cut, tmp_path / "o2")
+    s = rep.stream("mcap__logger_status")
+    assert s.status == "salvaged" and 0 < s.rows < 50 and "truncated" in s.error and "cut.mcap: read stopped" in s.error
+    with pytest.raises(mcap_chunks.McapReadError, match="bad magic"):
+        list(mcap_chunks.scan(_bytes_file(tmp_path / "m.mcap", b"\x89MCAP1\r\n" + data[8:])))
+
+
+def _bytes_file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Powertrain_1kHz", "powertrain_1khz"),
+        ("Chassis_100Hz", "chassis_100hz"),
+        ("Environment_10Hz", "environment_10hz"),
+        ("Sensor1kHzFilter", "sensor1khz_filter"),
+        ("CAN_DataFrame", "can_data_frame"),
+        ("ESP_VehicleSpeed", "esp_vehicle_speed"),
+        ("/camera/front/compressed", "camera_front_compressed"),
+        ("vehicleSpeed2kMode", "vehicle_speed2k_mode"),
+        ("  ", "unnamed"),
+    ],
+)
+def test_snake_case_stream_names(name: str, expected: str) -> None:
+    assert parquet_out.snake(name) == expected

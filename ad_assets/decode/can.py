@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from asammdf.blocks import bus_logging_utils
-from asammdf.blocks.utils import load_can_database
 
 from .parquet_out import SinkManager, StreamSink, snake
 from .report import DecodeError
@@ -57,6 +55,8 @@ class CanDecoder:
         self.manager = manager
         self.decoder_version = decoder_version
         self.dbcs: list[_Dbc] = []
+        if dbc_files:
+            from asammdf.blocks.utils import load_can_database  # asammdf imports in ~1 s: only when needed
         for p in dbc_files:
             p = Path(p)
             try:
@@ -164,6 +164,8 @@ class CanDecoder:
         t: np.ndarray,
         payload: np.ndarray,
     ) -> None:
+        from asammdf.blocks import bus_logging_utils
+
         out = self._out(di, message, source_name)
         try:
             extracted = bus_logging_utils.extract_mux(

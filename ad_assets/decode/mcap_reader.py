@@ -1,13 +1,17 @@
 """MCAP (one or several split parts of one recording) -> one Parquet table per topic.
 
-Files are read front to back with mcap's ``NonSeekingReader(validate_crcs=True).iter_messages(
-log_time_order=False)``: bounded memory (the seekable reader's unordered mode and the non-seeking reader's
-sorted mode hold the whole file), works on unindexed files, validates chunk CRCs and lets a truncated file be
-salvaged up to its last complete record. Ordering by ``log_time`` is done per topic by the sinks (each row
-group sorted; topics whose groups overlap are re-sorted out of core at close).
+Files are read front to back by ``mcap_chunks.ChunkReader``: a helper thread reads each record, decompresses
+chunks (zstd / lz4 release the GIL) and checks each chunk's CRC, so decompression overlaps with the Python work
+here; bounded memory (a few chunks), works on unindexed files, and a truncated or corrupt file is salvaged up to
+its last complete, CRC-valid chunk. Ordering by ``log_time`` is done per topic by the sinks (each row group
+sorted; topics whose groups overlap are re-sorted out of core at close).
 
 Decoding: ros2 (cdr) and protobuf via the mcap-ros2-support / mcap-protobuf-support decoder factories, json
 via ``json.loads``. A channel whose encoding no decoder handles becomes a skipped stream with the reason.
+Fast paths (same output as the generic path): fixed-layout cdr topics are sliced column-wise (``cdr_fast``);
+protobuf messages are flattened with a plan compiled once per message type; protobuf image / point-cloud
+messages are split at the wire level -- the big ``bytes`` payload and the ``Timestamp`` are cut out, the small
+rest is parsed and flattened once and reused while it does not change.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import base64
 import contextlib
 import json
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +28,32 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from mcap.exceptions import McapError
-from mcap.reader import NonSeekingReader
+from google.protobuf.timestamp_pb2 import Timestamp
+from mcap.records import Channel, Schema
 from mcap_protobuf.decoder import DecoderFactory as ProtobufDecoderFactory
 from mcap_ros2.decoder import DecoderFactory as Ros2DecoderFactory
 
 from .cdr_fast import decode_batch, learn_layout
+from .mcap_chunks import (
+    MSG_HEAD,
+    OP_CHANNEL,
+    OP_MESSAGE,
+    OP_SCHEMA,
+    PREFIX,
+    ChunkReader,
+    McapReadError,
+    parse_channel,
+    parse_schema,
+)
 from .parquet_out import SinkManager, StreamSink, snake
 from .report import DecodeError, StreamReport
 
 IMAGE_SCHEMAS = ("CompressedImage", "RawImage", "Image", "CompressedVideo")
 POINTCLOUD_SCHEMAS = ("PointCloud", "PointCloud2", "LaserScan")
 FLUSH_ROWS = 4096
+FRAME_FLUSH_ROWS = 64  # frame topics: rows per Arrow batch (the sink still writes 16-frame row groups)
+FRAME_FLUSH_BYTES = 16 * 2**20
+_TS_NAMES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
 BINARY_COMPRESS_NONE = {"image"}
 
 
@@ -77,6 +96,157 @@ def _proto_to_obj(msg: Any) -> Any:
     d: dict[str, Any] = {}
     _flatten_proto(msg, "", d)
     return {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v) for k, v in d.items()}
+
+
+# compiled protobuf flattening: the same columns as _flatten_proto, without per-message descriptor walks
+_P_SCALAR, _P_TIME, _P_MSG, _P_REP_MSG, _P_REP, _P_ENUM = range(6)
+
+
+def _proto_plan(desc: Any, prefix: str = "", depth: int = 0) -> list[tuple[int, str, Any, Any]]:
+    if depth > 24:
+        raise RecursionError(f"protobuf message {desc.full_name} nests too deep to flatten")
+    plan: list[tuple[int, str, Any, Any]] = []
+    for fd in desc.fields:
+        name = prefix + fd.name
+        is_repeated = getattr(fd, "is_repeated", None)
+        repeated = is_repeated if isinstance(is_repeated, bool) else fd.label == fd.LABEL_REPEATED
+        if fd.message_type is not None and not repeated:
+            if fd.message_type.full_name in _TS_NAMES:
+                plan.append((_P_TIME, fd.name, name + ".sec", name + ".nsec"))
+            else:
+                plan.append((_P_MSG, fd.name, _proto_plan(fd.message_type, name + ".", depth + 1), None))
+        elif repeated:
+            plan.append((_P_REP_MSG if fd.message_type is not None else _P_REP, fd.name, name, None))
+        elif fd.enum_type is not None:
+            plan.append((_P_ENUM, fd.name, name, None))
+        else:
+            plan.append((_P_SCALAR, fd.name, name, None))
+    return plan
+
+
+def _run_plan(msg: Any, plan: list[tuple[int, str, Any, Any]], out: dict[str, Any]) -> None:
+    for kind, attr, name, extra in plan:
+        value = getattr(msg, attr)
+        if kind == _P_SCALAR:
+            out[name] = value
+        elif kind == _P_TIME:
+            out[name] = value.seconds
+            out[extra] = value.nanos
+        elif kind == _P_MSG:
+            _run_plan(value, name, out)
+        elif kind == _P_REP_MSG:
+            out[name] = json.dumps([_proto_to_obj(v) for v in value], separators=(",", ":"))
+        elif kind == _P_REP:
+            out[name] = list(value)
+        else:
+            out[name] = int(value)
+
+
+def _proto_flattener(msg_cls: Any) -> Callable[[Any], dict[str, Any]]:
+    try:
+        plan = _proto_plan(msg_cls.DESCRIPTOR)
+    except RecursionError:
+
+        def slow(m: Any) -> dict[str, Any]:
+            d: dict[str, Any] = {}
+            _flatten_proto(m, "", d)
+            return d
+
+        return slow
+
+    def flatten(m: Any) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        _run_plan(m, plan, d)
+        return d
+
+    return flatten
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+class _FrameSplitter:
+    """Protobuf frame messages (foxglove CompressedImage / PointCloud / ...) without parsing the payload.
+
+    The top-level wire fields are scanned; singular ``bytes`` fields and ``Timestamp`` fields are cut out, the rest
+    (frame_id, format, pose, fields, ...) is parsed and flattened once and reused while its bytes do not change.
+    The result equals the flattening of the whole parsed message (checked on the first message of each topic).
+    Any wire-level surprise (repeated occurrence of a cut field, group wire types) falls back to a full parse.
+    """
+
+    def __init__(self, msg_cls: Any, flatten: Callable[[Any], dict[str, Any]]) -> None:
+        self.cls = msg_cls
+        self.flatten = flatten
+        self.cut: dict[int, tuple[str, bool]] = {}  # field number -> (column, is timestamp)
+        for fd in msg_cls.DESCRIPTOR.fields:
+            is_repeated = getattr(fd, "is_repeated", None)
+            repeated = is_repeated if isinstance(is_repeated, bool) else fd.label == fd.LABEL_REPEATED
+            if repeated:
+                continue
+            if fd.type == fd.TYPE_BYTES:
+                self.cut[fd.number] = (fd.name, False)
+            elif fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Timestamp":
+                self.cut[fd.number] = (fd.name, True)
+        self.memo_key: bytes | None = None
+        self.memo_row: dict[str, Any] = {}
+
+    def row(self, buf: bytes, start: int, end: int) -> dict[str, Any]:
+        cut = self.cut
+        found: dict[int, tuple[int, int]] = {}
+        rest: list[tuple[int, int]] = []
+        pos = start
+        try:
+            while pos < end:
+                field_start = pos
+                key, pos = _varint(buf, pos)
+                num, wt = key >> 3, key & 7
+                if wt == 2:
+                    n, pos = _varint(buf, pos)
+                    value_start, pos = pos, pos + n
+                    if num in cut:
+                        if num in found:
+                            raise ValueError("repeated occurrence of a singular field")
+                        found[num] = (value_start, pos)
+                        continue
+                elif wt == 0:
+                    _, pos = _varint(buf, pos)
+                elif wt == 1:
+                    pos += 8
+                elif wt == 5:
+                    pos += 4
+                else:
+                    raise ValueError(f"wire type {wt}")
+                if num in cut:
+                    raise ValueError("unexpected wire type for a cut field")
+                rest.append((field_start, pos))
+            if pos != end:
+                raise ValueError("field overruns the message")
+        except (ValueError, IndexError):
+            return self.flatten(self.cls.FromString(buf[start:end]))
+        key = b"".join([buf[a:b] for a, b in rest])
+        if key != self.memo_key:
+            self.memo_row = self.flatten(self.cls.FromString(key))
+            self.memo_key = key
+        row = dict(self.memo_row)
+        for num, (a, b) in found.items():
+            name, is_ts = cut[num]
+            if is_ts:
+                ts = Timestamp.FromString(buf[a:b])
+                row[name + ".sec"] = ts.seconds
+                row[name + ".nsec"] = ts.nanos
+            else:  # a view into the decompressed chunk: copied once, when the Arrow column is built
+                row[name] = memoryview(buf)[a:b]
+        return row
 
 
 def _flatten_obj(obj: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -149,6 +319,10 @@ class _Topic:
     raw: list[tuple[bytes, int, int]] = field(default_factory=list)  # cdr batch path
     layout: Any = None
     layout_failed: bool = False
+    rows_bytes: int = 0  # frame topics: payload bytes buffered in ``rows``
+    proto_ready: bool = False  # protobuf: compiled flattener / frame splitter set up from the first message
+    splitter: _FrameSplitter | None = None
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # Arrow types of the first table
 
 
 class McapDecoder:
@@ -159,6 +333,7 @@ class McapDecoder:
         self.factories = [Ros2DecoderFactory(), ProtobufDecoderFactory()]
         self.topics: dict[str, _Topic] = {}
         self.salvage_notes: dict[str, str] = {}  # file -> note
+        self.sha256: dict[str, str] = {}  # file name -> digest, for files read completely (hashed while reading)
 
     # ---------------------------------------------------------------- channels
     def _make_topic(self, channel: Any, schema: Any) -> _Topic:
@@ -215,74 +390,178 @@ class McapDecoder:
     def read_file(self, path: Path, file_metadata: dict[str, str]) -> tuple[int, str | None]:
         """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError."""
         by_channel: dict[int, _Topic] = {}
+        schemas: dict[int, Schema] = {}
+        channels: dict[int, Channel] = {}
         count = 0
         size = path.stat().st_size
-        with open(path, "rb", buffering=1 << 20) as fh:
-            try:
-                reader = NonSeekingReader(fh, validate_crcs=True, record_size_limit=1 << 31)
-                for schema, channel, message in reader.iter_messages(log_time_order=False):
-                    t = by_channel.get(channel.id)
-                    if t is None:
-                        t = self.topics.get(channel.topic)
-                        if t is None:
-                            t = self._make_topic(channel, schema)
-                            self.topics[channel.topic] = t
-                        by_channel[channel.id] = t
-                        if path.name not in t.files:
-                            t.files.append(path.name)
-                    count += 1
-                    t.messages_seen += 1
-                    if t.decode is None:
-                        continue
-                    self._add(t, message, file_metadata, path.name)
-            except Exception as exc:
-                if isinstance(exc, DecodeError):
-                    raise
-                pos = fh.tell()
-                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if count == 0:
-                    raise DecodeError(f"{path.name}: not readable as MCAP: {cause}", file=str(path)) from exc
-                note = (
-                    f"{path.name}: read stopped at byte {pos} of {size} ({cause}); "
-                    f"salvaged {count} messages before that point"
-                )
-                self.salvage_notes[path.name] = note
-                for t in {id(v): v for v in by_channel.values()}.values():
-                    if t.sink is not None:
-                        t.sink.report.status = "salvaged"
-                        t.sink.report.error = note
-                return count, note
-            except BaseException:
+        reader = ChunkReader(path, sha256=True)
+        try:
+            for block in reader:
+                count += self._block(block.data, block.offset, path.name, file_metadata, schemas, channels,
+                                     by_channel)
+            if reader.sha256:
+                self.sha256[path.name] = reader.sha256
+        except Exception as exc:
+            if isinstance(exc, DecodeError):
                 raise
-        if not isinstance(count, int):  # pragma: no cover
-            raise McapError("unreachable")
+            if isinstance(exc, McapReadError):
+                pos = exc.offset if exc.offset >= 0 else size
+                cause = exc.cause
+            else:
+                pos = size
+                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if count == 0:
+                raise DecodeError(f"{path.name}: not readable as MCAP: {cause} (at byte {pos} of {size})",
+                                  file=str(path)) from exc
+            note = (
+                f"{path.name}: read stopped at byte {pos} of {size} ({cause}); "
+                f"salvaged {count} messages before that point"
+            )
+            self.salvage_notes[path.name] = note
+            for t in {id(v): v for v in by_channel.values()}.values():
+                if t.sink is not None:
+                    t.sink.report.status = "salvaged"
+                    t.sink.report.error = note
+            return count, note
+        finally:
+            reader.close()
         return count, None
 
-    def _add(self, t: _Topic, message: Any, file_metadata: dict[str, str], source: str) -> None:
+    def _block(
+        self,
+        buf: bytes,
+        offset: int,
+        source: str,
+        file_metadata: dict[str, str],
+        schemas: dict[int, Schema],
+        channels: dict[int, Channel],
+        by_channel: dict[int, _Topic],
+    ) -> int:
+        """Split one block into records; messages are grouped per channel and handed over per topic in order."""
+        pending: dict[int, list[tuple[int, int, int, int]]] = {}
+        unpack_prefix = PREFIX.unpack_from
+        unpack_msg = MSG_HEAD.unpack_from
+        pos, n = 0, len(buf)
+        while pos < n:
+            if pos + 9 > n:
+                raise McapReadError(offset, f"malformed records: {n - pos} stray bytes at the end of a block")
+            op, length = unpack_prefix(buf, pos)
+            start = pos + 9
+            pos = start + length
+            if pos > n:
+                raise McapReadError(offset, f"malformed records: a record of {length} bytes overruns its chunk")
+            if op == OP_MESSAGE:
+                if length < 22:
+                    raise McapReadError(offset, "malformed message record")
+                cid, _seq, log_time, publish_time = unpack_msg(buf, start)
+                lst = pending.get(cid)
+                if lst is None:
+                    lst = pending[cid] = []
+                lst.append((start + 22, pos, log_time, publish_time))
+            elif op == OP_SCHEMA:
+                try:
+                    sid, name, enc, data = parse_schema(buf, start, pos)
+                except (ValueError, struct.error, UnicodeDecodeError) as exc:
+                    raise McapReadError(offset, f"malformed schema record: {exc}") from exc
+                schemas[sid] = Schema(id=sid, name=name, encoding=enc, data=data)
+            elif op == OP_CHANNEL:
+                try:
+                    cid, sid, topic, enc, meta = parse_channel(buf, start, pos)
+                except (ValueError, struct.error, UnicodeDecodeError) as exc:
+                    raise McapReadError(offset, f"malformed channel record: {exc}") from exc
+                channels[cid] = Channel(id=cid, schema_id=sid, topic=topic, message_encoding=enc, metadata=meta)
+        count = 0
+        for cid, msgs in pending.items():
+            t = by_channel.get(cid)
+            if t is None:
+                channel = channels.get(cid)
+                if channel is None:
+                    raise McapReadError(offset, f"message on channel id {cid} without a channel record")
+                t = self.topics.get(channel.topic)
+                if t is None:
+                    schema = schemas.get(channel.schema_id) if channel.schema_id else None
+                    t = self._make_topic(channel, schema)
+                    self.topics[channel.topic] = t
+                by_channel[cid] = t
+                if source not in t.files:
+                    t.files.append(source)
+            count += len(msgs)
+            t.messages_seen += len(msgs)
+            if t.decode is not None:
+                self._add_many(t, buf, msgs, file_metadata, source)
+        return count
+
+    def _add_many(
+        self, t: _Topic, buf: bytes, msgs: list[tuple[int, int, int, int]], file_metadata: dict[str, str], source: str
+    ) -> None:
         if t.encoding == "cdr" and not t.layout_failed:
-            t.raw.append((bytes(message.data), message.log_time, message.publish_time))
             self._ensure_sink(t, file_metadata, source)
-            if len(t.raw) >= FLUSH_ROWS:
+            raw = t.raw
+            for i, (a, b, log_time, publish_time) in enumerate(msgs):
+                raw.append((buf[a:b], log_time, publish_time))
+                if len(raw) >= FLUSH_ROWS:
+                    self._push(t)
+                    raw = t.raw
+                    if t.layout_failed:  # the rest goes through the generic path
+                        self._add_many(t, buf, msgs[i + 1 :], file_metadata, source)
+                        return
+            return
+        if t.encoding == "protobuf" and not t.proto_ready:
+            self._setup_proto(t, buf[msgs[0][0] : msgs[0][1]])
+        frames = t.kind in ("image", "pointcloud")
+        limit = FRAME_FLUSH_ROWS if frames else FLUSH_ROWS
+        splitter = t.splitter
+        decode, flatten = t.decode, t.flatten
+        assert decode is not None and flatten is not None
+        for a, b, log_time, publish_time in msgs:
+            try:
+                row = splitter.row(buf, a, b) if splitter is not None else flatten(decode(buf[a:b]))
+            except Exception as exc:
+                t.failures += 1
+                if t.first_failure is None:
+                    t.first_failure = f"{type(exc).__name__}: {exc}"
+                continue
+            stamp = _header_stamp(row)
+            row["timestamp_ns"] = log_time
+            row["publish_time_ns"] = publish_time
+            if stamp is not None:
+                row["header_stamp_ns"] = stamp
+            t.rows.append(row)
+            if frames:
+                t.rows_bytes += b - a
+            self._ensure_sink(t, file_metadata, source)
+            if len(t.rows) >= limit or t.rows_bytes >= FRAME_FLUSH_BYTES:
                 self._push(t)
-            return
+
+    def _setup_proto(self, t: _Topic, first: bytes) -> None:
+        """Compile the flattener from the first message's class; frame topics also get the wire-level splitter."""
+        t.proto_ready = True
+        assert t.decode is not None
         try:
-            decoded = t.decode(bytes(message.data))  # type: ignore[misc]
-            row = t.flatten(decoded)  # type: ignore[misc]
-        except Exception as exc:
-            t.failures += 1
-            if t.first_failure is None:
-                t.first_failure = f"{type(exc).__name__}: {exc}"
+            msg = t.decode(first)
+        except Exception:
+            return  # keep the generic path; the failure is counted when the message is decoded again
+        cls = type(msg)
+        if not hasattr(cls, "DESCRIPTOR") or not hasattr(cls, "FromString"):
             return
-        stamp = _header_stamp(row)
-        row["timestamp_ns"] = message.log_time
-        row["publish_time_ns"] = message.publish_time
-        if stamp is not None:
-            row["header_stamp_ns"] = stamp
-        t.rows.append(row)
-        self._ensure_sink(t, file_metadata, source)
-        limit = 16 if t.kind in ("image", "pointcloud") else FLUSH_ROWS
-        if len(t.rows) >= limit:
-            self._push(t)
+        fast = _proto_flattener(cls)
+        generic = t.flatten
+        assert generic is not None
+        try:
+            ok = fast(msg) == generic(msg)
+        except Exception:
+            ok = False
+        if not ok:
+            return
+        t.flatten = fast
+        if t.kind in ("image", "pointcloud"):
+            splitter = _FrameSplitter(cls, fast)
+            try:
+                same = _rows_equal(splitter.row(first, 0, len(first)), generic(msg))
+            except Exception:
+                same = False
+            if same:
+                t.splitter = splitter
 
     def _ensure_sink(self, t: _Topic, file_metadata: dict[str, str], source: str) -> None:
         if t.sink is None:
@@ -298,8 +577,8 @@ class McapDecoder:
             self._push_cdr(t)
         if not t.rows or t.sink is None:
             return
-        rows, t.rows = t.rows, []
-        table = _rows_to_table(rows, t.kind)
+        rows, t.rows, t.rows_bytes = t.rows, [], 0
+        table = _rows_to_table(rows, t.kind, t.types)
         t.sink.append(table)
 
     def _push_cdr(self, t: _Topic) -> None:
@@ -392,7 +671,73 @@ class McapDecoder:
         return reports
 
 
-def _rows_to_table(rows: Sequence[dict[str, Any]], kind: str) -> pa.Table:
+def _rows_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if list(a) != list(b):
+        return False
+    for k, v in a.items():
+        w = b[k]
+        v = bytes(v) if isinstance(v, memoryview) else v
+        w = bytes(w) if isinstance(w, memoryview) else w
+        if isinstance(v, float) and isinstance(w, float) and v != v and w != w:
+            continue
+        if type(v) is not type(w) or v != w:
+            return False
+    return True
+
+
+def _binary_array(vals: list[Any]) -> pa.Array | None:
+    """bytes / memoryview values (or None) -> ``binary`` array with one join (no per-value Arrow builder).
+
+    Not ``pa.array`` on memoryviews: pyarrow keeps a reference to every memoryview it converts, which would keep
+    each decompressed chunk alive."""
+    n = len(vals)
+    lengths = np.fromiter((0 if v is None else len(v) for v in vals), dtype=np.int64, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] >= 2**31 - 1:
+        return None
+    data = b"".join([v for v in vals if v is not None])
+    nulls = sum(v is None for v in vals)
+    validity = pa.array([v is not None for v in vals], type=pa.bool_()).buffers()[1] if nulls else None
+    return pa.Array.from_buffers(
+        pa.binary(), n, [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)], null_count=nulls
+    )
+
+
+def _column(vals: list[Any], known: pa.DataType | None) -> pa.Array:
+    first = next((v for v in vals if v is not None), None)
+    if (
+        isinstance(first, bytes | memoryview)
+        and (known is None or pa.types.is_binary(known))
+        and all(v is None or isinstance(v, bytes | memoryview) for v in vals)
+    ):
+        arr = _binary_array(vals)
+        if arr is not None:
+            return arr
+        vals = [bytes(v) if isinstance(v, memoryview) else v for v in vals]
+    if known is not None:
+        try:
+            return pa.array(vals, type=known)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+            pass
+    try:
+        if isinstance(first, bytes | memoryview) and all(v is None or isinstance(v, bytes | memoryview) for v in vals):
+            arr = pa.array(vals, type=pa.binary())
+        else:
+            arr = pa.array(vals)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        arr = pa.array([None if v is None else json.dumps(v, default=_json_fallback) for v in vals])
+    if pa.types.is_integer(arr.type) and any(isinstance(v, float) for v in vals):
+        arr = arr.cast(pa.float64())
+    if pa.types.is_list(arr.type) and pa.types.is_integer(arr.type.value_type):
+        arr = arr.cast(pa.list_(pa.float64()))
+    return arr
+
+
+def _rows_to_table(rows: Sequence[dict[str, Any]], kind: str, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Row dicts -> table. ``types`` (per topic) remembers the inferred Arrow types, so later batches of the same
+    topic are built with explicit types (no inference); a batch that does not fit them is inferred again."""
+    known = types if types is not None else {}
     names: dict[str, None] = {}
     for r in rows:
         for k in r:
@@ -403,18 +748,10 @@ def _rows_to_table(rows: Sequence[dict[str, Any]], kind: str) -> pa.Table:
         if k in ("timestamp_ns", "publish_time_ns", "header_stamp_ns"):
             arr = pa.array(vals, type=pa.int64())
         else:
-            first = next((v for v in vals if v is not None), None)
-            try:
-                if isinstance(first, bytes) and all(v is None or isinstance(v, bytes) for v in vals):
-                    arr = pa.array(vals, type=pa.binary())
-                else:
-                    arr = pa.array(vals)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-                arr = pa.array([None if v is None else json.dumps(v, default=_json_fallback) for v in vals])
-            if pa.types.is_integer(arr.type) and any(isinstance(v, float) for v in vals):
-                arr = arr.cast(pa.float64())
-            if pa.types.is_list(arr.type) and pa.types.is_integer(arr.type.value_type):
-                arr = arr.cast(pa.list_(pa.float64()))
+            ktype = known.get(k)
+            arr = _column(vals, ktype)
+            if ktype is None and not pa.types.is_null(arr.type) and not pa.types.is_integer(arr.type):
+                known[k] = arr.type  # ints stay inferred: a later batch may hold floats (-> float64)
         cols[k] = arr
     # timestamp first, then the rest in first-seen order
     order = ["timestamp_ns"] + [k for k in cols if k != "timestamp_ns"]

@@ -24,15 +24,28 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from asammdf import MDF
-from asammdf.blocks import v4_constants as v4c
 
 from .can import CanDecoder
 from .parquet_out import SinkManager, StreamSink, snake
 from .report import DecodeError, StreamReport
 
 FRAGMENT_BYTES = 4 * 2**20
-_LINEAR_CONVERSIONS = {v4c.CONVERSION_TYPE_NON, v4c.CONVERSION_TYPE_LIN}
+# asammdf (with pandas, sympy, canmatrix) takes ~1 s to import: it is imported on first use, in the MDF thread,
+# so an MCAP decoding alongside does not wait for it
+v4c: Any = None
+_LINEAR_CONVERSIONS: set[int] = set()
+
+
+def _asammdf() -> Any:
+    """Import asammdf on first use; binds the module-level ``v4c`` constants. Returns the ``MDF`` class."""
+    global v4c, _LINEAR_CONVERSIONS
+    from asammdf import MDF
+    from asammdf.blocks import v4_constants
+
+    if v4c is None:
+        _LINEAR_CONVERSIONS = {v4_constants.CONVERSION_TYPE_NON, v4_constants.CONVERSION_TYPE_LIN}
+        v4c = v4_constants
+    return MDF
 
 
 @contextlib.contextmanager
@@ -42,7 +55,7 @@ def _quiet_stdout() -> Iterator[None]:
         yield
 
 
-def _start_ns(mdf: MDF) -> int:
+def _start_ns(mdf: Any) -> int:
     hdr = mdf.header
     abs_time = getattr(hdr, "abs_time", None)
     if isinstance(abs_time, int) and abs_time > 0:
@@ -194,6 +207,20 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
+def _is_virtual_group(group: Any) -> bool:
+    """A channel group asammdf created in memory rather than read from the file.
+
+    asammdf's bus-logging processing (``process_bus_logging``, on by default) decodes raw CAN/LIN frames with a
+    DBC/ARXML attached to the file and *appends* one group per message (acquisition name ``from CAN1 message
+    ID=0xA0``, no acquisition source). Such groups have no block in the file: their channel-group and data-group
+    addresses are 0 (every block read from a file has a non-zero address -- offset 0 is the ID block). They
+    duplicate our ``can__<message>`` tables, so they are never exported, whatever their name.
+    """
+    cg_addr = getattr(group.channel_group, "address", None)
+    dg_addr = getattr(getattr(group, "data_group", None), "address", None)
+    return cg_addr == 0 or dg_addr == 0
+
+
 def _is_can_group(group: Any) -> bool:
     cg = group.channel_group
     names = {ch.name for ch in group.channels}
@@ -212,9 +239,12 @@ def decode_mdf(
     sinks: list[StreamSink] = []
     skipped: list[StreamReport] = []
     errors: list[str] = []
+    MDF = _asammdf()
     try:
         with _quiet_stdout():
-            mdf = MDF(path)
+            # process_bus_logging=False: asammdf would otherwise decode raw CAN with a DBC attached to the file
+            # at open time and append virtual "from CAN1 message ID=0x..." groups (duplicates of our can__ tables)
+            mdf = MDF(path, process_bus_logging=False)
     except Exception as exc:  # asammdf raises MdfException, struct.error, ValueError, ...
         raise DecodeError(f"{path.name}: not readable as MDF: {type(exc).__name__}: {exc}", file=str(path)) from exc
     try:
@@ -228,6 +258,8 @@ def decode_mdf(
         for gi, group in enumerate(inner.groups):
             cg = group.channel_group
             if not cg.cycles_nr and not getattr(group, "data_blocks", None):
+                continue
+            if _is_virtual_group(group):
                 continue
             base = _group_name(group, gi)
             is_can = _is_can_group(group)

@@ -36,8 +36,13 @@ FRAME_KINDS = ("image", "pointcloud")
 PREVIEW_ROWS = 3
 
 
+# a number with a unit such as 1kHz / 500kBd / 5mA stays one token: 1khz (not 1k_hz)
+_NUMBER_UNIT = re.compile(r"(?<=[0-9])[kmunpµ](?:Hz|Bd|Wh|Ah|Pa|V|A|W|N|B)(?![a-z])")
+
+
 def snake(name: str) -> str:
-    s = re.sub(r"([a-z])([A-Z])", r"\1_\2", name.strip())
+    s = _NUMBER_UNIT.sub(lambda m: m.group(0).lower(), name.strip())
+    s = re.sub(r"([a-z])([A-Z])", r"\1_\2", s)
     s = re.sub(r"[^0-9A-Za-z]+", "_", s).strip("_").lower()
     return s or "unnamed"
 
