@@ -293,7 +293,8 @@ def test_asset_graph_renders_in_headless_chromium(ui: Ui) -> None:
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1900},
+            # Tall enough that the 4-market graph renders full nodes (with partition health), not compact ones.
+            viewport={"width": 1800, "height": 2600},
             timeout=60_000,
         )
         try:
