@@ -52,7 +52,7 @@ def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, s
 def cmd_demo(args: argparse.Namespace) -> int:
     from ad_assets.fleetgen import generate_fleet
     from ad_platform.definitions import defs
-    from ad_platform.runner import refresh_market_assets, run_once
+    from ad_platform.runner import refresh_market_assets, run_once, send_alerts_once
     from ad_resources.landing import LocalLandingZone
 
     landing = settings.landing_dir()
@@ -68,6 +68,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     outcomes = run_once(defs, instance, log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
     print("  market assets (signal drift per market)")
     drift_ok = refresh_market_assets(defs, instance, console_log_level="CRITICAL")
+    print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
+    send_alerts_once(defs, instance)
     total = time.monotonic() - started
 
     drives = list(LocalLandingZone(root=str(landing)).list_drives(markets))

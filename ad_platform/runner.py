@@ -121,5 +121,13 @@ def refresh_market_assets(defs: Definitions, instance: DagsterInstance, console_
     return run.success
 
 
+def send_alerts_once(defs: Definitions, instance: DagsterInstance) -> None:
+    """Evaluate the alert sensor once, as the daemon would after these runs (alerts are logged and POSTed)."""
+    with build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
+        result = defs.resolve_sensor_def("alert_sensor")(context)
+    for event in getattr(result, "asset_events", None) or []:
+        instance.report_runless_asset_event(event)
+
+
 def outcomes_json(outcomes: list[DriveOutcome]) -> str:
     return json.dumps([asdict(o) for o in outcomes], indent=2)
