@@ -1,7 +1,6 @@
 """Stage 2, decoded signals: each drive's logs as columnar Parquet, one table per stream."""
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from ad_resources.landing import LandingZone
 from ad_resources.quality import GreatExpectationsResource
 
 DECODED_GROUP = "decoded"
-MANIFEST = "drive.json"
 
 
 def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.Table:
@@ -78,12 +76,6 @@ class DecodedDrive:
     profiles: tuple[list[StreamProfile], list[SignalProfile]]
 
 
-def _manifest(landing: LandingZone, market: str, drive_id: str) -> dict[str, Any] | None:
-    if not any(f.name == MANIFEST for f in landing.drive_files(market, drive_id)):
-        return None
-    with landing.local_file(market, drive_id, MANIFEST) as path:
-        return json.loads(path.read_text())
-
 
 def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DecodedDrive:
     """Decode a registered drive into the lake atomically and profile it for the quality checks.
@@ -91,7 +83,7 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
     The DBCs are the market's current ones; profiling reads the new tables before they are published.
     """
     logs = [f for f in landing.drive_files(market, drive_id) if classify(Path(f.name)) in ("mdf4", "mcap")]
-    rates = nominal_rates(_manifest(landing, market, drive_id))
+    rates = nominal_rates(landing.read_manifest(market, drive_id))
     with contextlib.ExitStack() as stack:
         inputs = [stack.enter_context(landing.local_file(market, drive_id, f.name)) for f in logs]
         dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]

@@ -1,6 +1,5 @@
 """Stage 3, synced frames: every decoded stream aligned to the front camera's clock, one row per frame."""
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -32,7 +31,6 @@ from ad_sensors.alerts import DEFAULT_LATENESS_SLO, LATENESS_CHECK
 
 SYNCED_GROUP = "synced"
 FRAMES_FILE = "frames.parquet"
-MANIFEST = "drive.json"
 
 
 class SyncSettings(Config):
@@ -46,18 +44,12 @@ class SyncSettings(Config):
     )
 
 
-def _manifest(landing: LandingZone, market: str, drive_id: str) -> dict[str, Any] | None:
-    if not any(f.name == MANIFEST for f in landing.drive_files(market, drive_id)):
-        return None
-    with landing.local_file(market, drive_id, MANIFEST) as path:
-        return json.loads(path.read_text())
-
 
 def sync_one_drive(
     landing: LandingZone, lake: Lake, market: str, drive_id: str, settings: SyncSettings, log: Any
 ) -> tuple[SyncReport, dict[str, bool]]:
     """Sync a decoded drive into the lake atomically; MDF/CAN clocks are corrected by the manifest's offset."""
-    manifest = _manifest(landing, market, drive_id) or {"drive_id": drive_id, "market": market}
+    manifest = landing.read_manifest(market, drive_id) or {"drive_id": drive_id, "market": market}
     offset = mdf_clock_offset(manifest)
     with lake.local_dir(decoded_path(market, drive_id)) as decoded_dir:
         plan = build_sync_plan(decoded_dir, mdf_clock_offset_ns=offset, causal=settings.causal)

@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
 
 DRIVE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 DBC_FOLDER = "_dbc"
+MANIFEST = "drive.json"
 QUARANTINE_FOLDER = "_quarantine"
 
 
@@ -78,6 +80,13 @@ class LandingZone(ConfigurableResource):
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def read_manifest(self, market: str, drive_id: str) -> dict[str, Any] | None:
+        """The drive's ``drive.json`` (ODD tags, sensors' nominal rates and clock offsets), if it has one."""
+        if not any(f.name == MANIFEST for f in self.drive_files(market, drive_id)):
+            return None
+        with self.local_file(market, drive_id, MANIFEST) as path:
+            return json.loads(path.read_text())
 
 
 class LocalLandingZone(LandingZone):
