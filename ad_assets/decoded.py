@@ -76,7 +76,6 @@ class DecodedDrive:
     profiles: tuple[list[StreamProfile], list[SignalProfile]]
 
 
-
 def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DecodedDrive:
     """Decode a registered drive into the lake atomically and profile it for the quality checks.
 

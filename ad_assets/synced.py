@@ -44,7 +44,6 @@ class SyncSettings(Config):
     )
 
 
-
 def sync_one_drive(
     landing: LandingZone, lake: Lake, market: str, drive_id: str, settings: SyncSettings, log: Any
 ) -> tuple[SyncReport, dict[str, bool]]:

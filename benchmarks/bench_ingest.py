@@ -142,8 +142,16 @@ def _child(files: list[str], dbcs: list[str], out: str) -> None:
 
     t = time.perf_counter()
     rep = decode_drive([Path(f) for f in files], Path(out), [Path(d) for d in dbcs])
-    print(json.dumps({"seconds_inner": time.perf_counter() - t, "rows": rep.rows, "streams": len(rep.streams),
-                      "errors": rep.errors[:3]}))
+    print(
+        json.dumps(
+            {
+                "seconds_inner": time.perf_counter() - t,
+                "rows": rep.rows,
+                "streams": len(rep.streams),
+                "errors": rep.errors[:3],
+            }
+        )
+    )
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -163,8 +171,14 @@ def run_size(gb: float, keep: bool) -> dict:
     size = sum(p.stat().st_size for p in files)
     floor = _floor_seconds(files)
     out = Path(tempfile.mkdtemp(prefix="bench_out_", dir=DATA))
-    cmd = [sys.executable, __file__, "--child", json.dumps([str(f) for f in files]), json.dumps([str(d) for d in dbcs]),
-           str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps([str(f) for f in files]),
+        json.dumps([str(d) for d in dbcs]),
+        str(out),
+    ]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     peak_rss = peak_anon = 0

@@ -18,19 +18,22 @@ from ad_assets.decode.__main__ import main as cli_main
 pytestmark = pytest.mark.realdata
 
 REAL_OK = [
-    *(f"mcap/{p}" for p in [
-        "depthai__recording.mcap",
-        "lichtblick__custom-camera-model.mcap",
-        "lichtblick__example_logs.mcap",
-        "rosbag2__rosbag2_cpp_test_rosbag2_cpp_bags_only_topics.mcap",
-        "rosbag2__rosbag2_py_test_resources_mcap_convert_a_rewriter_a_0.mcap",
-        "rosbag2__rosbag2_py_test_resources_mcap_convert_b_rewriter_b_0.mcap",
-        "rosbag2__rosbag2_py_test_resources_mcap_talker_talker.mcap",
-        "rosbag2__rosbag2_py_test_resources_mcap_wbag_wbag_0.mcap",
-        "rosbag2__rosbag2_tests_resources_mcap_cdr_test_cdr_test_0.mcap",
-        "rosbag2__rosbag2_transport_test_resources_mcap_test_bag_for_seek_test_bag_for_seek_0.mcap",
-        "rplidar-zenoh__out.mcap",
-    ]),
+    *(
+        f"mcap/{p}"
+        for p in [
+            "depthai__recording.mcap",
+            "lichtblick__custom-camera-model.mcap",
+            "lichtblick__example_logs.mcap",
+            "rosbag2__rosbag2_cpp_test_rosbag2_cpp_bags_only_topics.mcap",
+            "rosbag2__rosbag2_py_test_resources_mcap_convert_a_rewriter_a_0.mcap",
+            "rosbag2__rosbag2_py_test_resources_mcap_convert_b_rewriter_b_0.mcap",
+            "rosbag2__rosbag2_py_test_resources_mcap_talker_talker.mcap",
+            "rosbag2__rosbag2_py_test_resources_mcap_wbag_wbag_0.mcap",
+            "rosbag2__rosbag2_tests_resources_mcap_cdr_test_cdr_test_0.mcap",
+            "rosbag2__rosbag2_transport_test_resources_mcap_test_bag_for_seek_test_bag_for_seek_0.mcap",
+            "rplidar-zenoh__out.mcap",
+        ]
+    ),
 ]
 
 BAD = {
@@ -216,8 +219,11 @@ def test_j1939_dbc(shared_data: Path, tmp_path: Path) -> None:
 
 def test_redecode_is_byte_identical(shared_data: Path, tmp_path: Path) -> None:
     raw = "mdf4/canedge_raw/cssapi__other_matlab-basics_LOG_datastore_3BA199E2_00000164_00000002-60FE415D.MF4"
-    inputs = [shared_data / raw,
-              shared_data / "mcap/lichtblick__example_logs.mcap", shared_data / "mcap/rplidar-zenoh__out.mcap"]
+    inputs = [
+        shared_data / raw,
+        shared_data / "mcap/lichtblick__example_logs.mcap",
+        shared_data / "mcap/rplidar-zenoh__out.mcap",
+    ]
     dbc = [shared_data / "dbc/canmod-gps.dbc"]
     decode_drive(inputs, tmp_path / "a", dbc)
     decode_drive(inputs, tmp_path / "b", dbc)
@@ -272,8 +278,14 @@ def test_cli(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["ok"] and summary["streams"][0]["rows"] == 124
     assert (tmp_path / "out" / "mcap__video.parquet").exists()
-    rc = cli_main([str(shared_data / "bad/mdf4-converters__invalid__git-lfs-pointer.MF4"), "--out",
-                   str(tmp_path / "out2"), "--quiet"])
+    rc = cli_main(
+        [
+            str(shared_data / "bad/mdf4-converters__invalid__git-lfs-pointer.MF4"),
+            "--out",
+            str(tmp_path / "out2"),
+            "--quiet",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert rc == 1 and not summary["ok"] and "Git LFS" in summary["errors"][0]
     assert not (tmp_path / "out2").exists()

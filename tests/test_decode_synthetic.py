@@ -43,12 +43,20 @@ def _write_pb_mcap(path: Path, n_frames: int, order: list[int] | None = None, ch
         w.finish()
 
 
-def _write_json_mcap(path: Path, times: list[int], *, indexed: bool = True, compression=CompressionType.LZ4,
-                     chunked: bool = True) -> None:
+def _write_json_mcap(
+    path: Path, times: list[int], *, indexed: bool = True, compression=CompressionType.LZ4, chunked: bool = True
+) -> None:
     with open(path, "wb") as fh:
-        w = RawWriter(fh, compression=compression, chunk_size=32 * 1024, use_chunking=chunked,
-                      index_types=IndexType.ALL if indexed else IndexType.NONE, use_summary_offsets=indexed,
-                      repeat_channels=indexed, repeat_schemas=indexed)
+        w = RawWriter(
+            fh,
+            compression=compression,
+            chunk_size=32 * 1024,
+            use_chunking=chunked,
+            index_types=IndexType.ALL if indexed else IndexType.NONE,
+            use_summary_offsets=indexed,
+            repeat_channels=indexed,
+            repeat_schemas=indexed,
+        )
         w.start(profile="", library="test")
         sid = w.register_schema("status", "jsonschema", b"{}")
         cid = w.register_channel("/logger/status", "json", sid)
@@ -147,8 +155,11 @@ BO_ 160 VehicleSpeed: 8 ECU
     with can.io.MF4Writer(mf4) as w:
         for i, v in enumerate(speeds):
             data = msg.encode({"Speed": float(v), "Counter": i % 16})
-            w.on_message_received(can.Message(timestamp=1_700_000_000 + i * 0.01, arbitration_id=160,
-                                              is_extended_id=False, data=data, channel=1))
+            w.on_message_received(
+                can.Message(
+                    timestamp=1_700_000_000 + i * 0.01, arbitration_id=160, is_extended_id=False, data=data, channel=1
+                )
+            )
     rep = decode_drive([mf4], tmp_path / "out", [dbc])
     s = rep.stream("can__vehicle_speed")
     t = pq.read_table(s.parquet)
@@ -158,8 +169,10 @@ BO_ 160 VehicleSpeed: 8 ECU
     sig_mf4 = tmp_path / "sig.mf4"
     tt = np.arange(5000) / 100.0
     m = MDF(version="4.10")
-    m.append([Signal(np.sin(tt), tt, name="a", unit="V"), Signal((tt * 10).astype(np.int32), tt, name="b")],
-             acq_name="Chassis 100Hz")
+    m.append(
+        [Signal(np.sin(tt), tt, name="a", unit="V"), Signal((tt * 10).astype(np.int32), tt, name="b")],
+        acq_name="Chassis 100Hz",
+    )
     m.save(sig_mf4, compression=2)
     rep = decode_file(sig_mf4, tmp_path / "out2")
     [s] = rep.streams
@@ -175,8 +188,13 @@ def test_kill_during_write_leaves_no_partial_output(tmp_path: Path) -> None:
     _write_json_mcap(f, [T0 + i * 1000 for i in range(300_000)], compression=CompressionType.NONE)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "ad_assets.decode", str(f), "--out", str(out), "--quiet"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ad_assets.decode", str(f), "--out", str(out), "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 30
     while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/*.parquet")):
         time.sleep(0.01)
@@ -185,8 +203,14 @@ def test_kill_during_write_leaves_no_partial_output(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # readers never see a partial folder
     # the next run publishes a complete folder
-    rc = subprocess.run([sys.executable, "-m", "ad_assets.decode", str(f), "--out", str(out), "--quiet"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    rc = subprocess.run(
+        [sys.executable, "-m", "ad_assets.decode", str(f), "--out", str(out), "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rc.returncode == 0, rc.stderr
     assert pq.ParquetFile(out / "mcap__logger_status.parquet").metadata.num_rows == 300_000
     # the killed run's hidden .out.tmp-* leftover is only swept once stale (atomic.STALE_AFTER_S); it is never
@@ -205,8 +229,7 @@ def _fleetgen():
 @pytest.mark.skipif(_fleetgen() is None, reason="ad_assets.fleetgen not available yet")
 def test_fleetgen_round_trip(tmp_path: Path) -> None:
     generate_drive, ground_truth = _fleetgen()  # type: ignore[misc]
-    drive = Path(generate_drive(tmp_path / "landing", "de", 0, 0.4, seed=3, camera_size=(160, 90),
-                                lidar_points=256))
+    drive = Path(generate_drive(tmp_path / "landing", "de", 0, 0.4, seed=3, camera_size=(160, 90), lidar_points=256))
     files = sorted(p for p in drive.iterdir() if p.suffix in (".mf4", ".mcap"))
     dbc = sorted((tmp_path / "landing" / "de" / "_dbc").glob("*.dbc"))
     rep = decode_drive(files, tmp_path / "out", dbc)
@@ -240,21 +263,31 @@ def test_fleetgen_round_trip(tmp_path: Path) -> None:
 def _write_raw_pb_mcap(path: Path, n: int, *, compression, indexed: bool, chunked: bool = True) -> None:
     """Protobuf images + GNSS written with the low-level mcap Writer (any compression / index / chunking)."""
     with open(path, "wb") as fh:
-        w = RawWriter(fh, compression=compression, chunk_size=16 * 1024, use_chunking=chunked,
-                      index_types=IndexType.ALL if indexed else IndexType.NONE, use_summary_offsets=indexed,
-                      repeat_channels=indexed, repeat_schemas=indexed, use_statistics=indexed)
+        w = RawWriter(
+            fh,
+            compression=compression,
+            chunk_size=16 * 1024,
+            use_chunking=chunked,
+            index_types=IndexType.ALL if indexed else IndexType.NONE,
+            use_summary_offsets=indexed,
+            repeat_channels=indexed,
+            repeat_schemas=indexed,
+            use_statistics=indexed,
+        )
         w.start(profile="", library="test")
         chans = {}
         for cls, topic in ((CompressedImage, "/camera/front/compressed"), (LocationFix, "/gnss/fix")):
-            sid = w.register_schema(cls.DESCRIPTOR.full_name, "protobuf",
-                                    build_file_descriptor_set(cls).SerializeToString())
+            sid = w.register_schema(
+                cls.DESCRIPTOR.full_name, "protobuf", build_file_descriptor_set(cls).SerializeToString()
+            )
             chans[topic] = w.register_channel(topic, "protobuf", sid)
         for i in range(n):
             ts = T0 + i * 100_000_000
             img = CompressedImage(format="jpeg", frame_id=f"cam{i // 7}", data=b"\xff\xd8" + i.to_bytes(4, "big") * 300)
             img.timestamp.FromNanoseconds(ts + 5)
-            w.add_message(chans["/camera/front/compressed"], log_time=ts, publish_time=ts + 1,
-                          data=img.SerializeToString())
+            w.add_message(
+                chans["/camera/front/compressed"], log_time=ts, publish_time=ts + 1, data=img.SerializeToString()
+            )
             fix = LocationFix(latitude=48.0 + i * 1e-5, longitude=11.0, altitude=500.0 + i)
             fix.timestamp.FromNanoseconds(ts)
             w.add_message(chans["/gnss/fix"], log_time=ts, publish_time=ts, data=fix.SerializeToString())
@@ -269,8 +302,10 @@ def test_chunk_reader_matches_mcap_library(tmp_path: Path, compression, indexed:
     _write_raw_pb_mcap(f, 60, compression=compression, indexed=indexed, chunked=chunked)
     # every message the mcap library yields, in file order, with the same payload bytes
     with open(f, "rb") as fh:
-        ref = [(c.topic, m.log_time, m.publish_time, m.data) for _s, c, m in make_reader(fh).iter_messages(
-            log_time_order=False)]
+        ref = [
+            (c.topic, m.log_time, m.publish_time, m.data)
+            for _s, c, m in make_reader(fh).iter_messages(log_time_order=False)
+        ]
     got, topics = [], {}
     for block in mcap_chunks.scan(f):
         for op, a, b in mcap_chunks.parse_block(block.data, block.offset):

@@ -216,9 +216,7 @@ def _decode_drive(
         manager.shutdown()
         hasher.shutdown(wait=True)
     # streams that produced no file (e.g. an MDF group without samples)
-    report.streams = sorted(
-        (s for s in report.streams if s.rows or s.status != "ok"), key=lambda s: s.name
-    )
+    report.streams = sorted((s for s in report.streams if s.rows or s.status != "ok"), key=lambda s: s.name)
     report.errors = failed + report.errors
     decoded_files = [p for p in files if kinds.get(p) and not any(e.startswith(f"{p.name}:") for e in failed)]
     if not decoded_files:

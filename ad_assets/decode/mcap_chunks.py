@@ -156,8 +156,11 @@ def scan(path: Path, stop: threading.Event | None = None, hasher: Any = None) ->
             if end > size:
                 if run:
                     yield Block(run_start, bytes(run), False)
-                raise McapReadError(pos, f"record (opcode {op:#04x}) of {length} bytes runs past the end of the file "
-                                         f"({size} bytes; truncated?)")
+                raise McapReadError(
+                    pos,
+                    f"record (opcode {op:#04x}) of {length} bytes runs past the end of the file "
+                    f"({size} bytes; truncated?)",
+                )
             if op == OP_DATA_END:  # the summary section follows: repeated schemas/channels, indexes
                 if run:
                     yield Block(run_start, bytes(run), False)

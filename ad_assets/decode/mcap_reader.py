@@ -368,8 +368,7 @@ class McapDecoder:
             if decode is None and reason is None:
                 senc = schema.encoding if schema is not None else None
                 reason = (
-                    f"no decoder for message encoding {enc!r} with schema encoding {senc!r} "
-                    f"(schema {schema_name!r})"
+                    f"no decoder for message encoding {enc!r} with schema encoding {senc!r} (schema {schema_name!r})"
                 )
             if enc == "protobuf":
 
@@ -397,8 +396,7 @@ class McapDecoder:
         reader = ChunkReader(path, sha256=True)
         try:
             for block in reader:
-                count += self._block(block.data, block.offset, path.name, file_metadata, schemas, channels,
-                                     by_channel)
+                count += self._block(block.data, block.offset, path.name, file_metadata, schemas, channels, by_channel)
             if reader.sha256:
                 self.sha256[path.name] = reader.sha256
         except Exception as exc:
@@ -411,8 +409,9 @@ class McapDecoder:
                 pos = size
                 cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if count == 0:
-                raise DecodeError(f"{path.name}: not readable as MCAP: {cause} (at byte {pos} of {size})",
-                                  file=str(path)) from exc
+                raise DecodeError(
+                    f"{path.name}: not readable as MCAP: {cause} (at byte {pos} of {size})", file=str(path)
+                ) from exc
             note = (
                 f"{path.name}: read stopped at byte {pos} of {size} ({cause}); "
                 f"salvaged {count} messages before that point"

@@ -302,9 +302,7 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
             ts, keep = _to_ns(start_ns, t)
             cols: dict[str, pa.Array] = {"timestamp_ns": pa.array(ts)}
             data = fragment.data if hasattr(fragment, "data") else fragment[0]
-            fast_ok = (
-                isinstance(data, bytes | bytearray | memoryview) and len(data) >= n * rec_size and rec_size > 0
-            )
+            fast_ok = isinstance(data, bytes | bytearray | memoryview) and len(data) >= n * rec_size and rec_size > 0
             for c in plan:
                 if c.column in skip_cols:
                     continue
@@ -376,8 +374,11 @@ def _decode_can_group(inner: Any, gi: int, group: Any, start_ns: int, source: st
             else:
                 ide = ((ids & 0x80000000) >> 31).astype(np.uint8)
             ids &= 0x1FFFFFFF
-            bus = get("CAN_DataFrame.BusChannel").astype(np.uint8) if "CAN_DataFrame.BusChannel" in names \
+            bus = (
+                get("CAN_DataFrame.BusChannel").astype(np.uint8)
+                if "CAN_DataFrame.BusChannel" in names
                 else np.zeros(len(ids), np.uint8)
+            )
             payload = get("CAN_DataFrame.DataBytes")
             if payload.dtype.kind == "O":  # VLSD payloads: pad to a 2-D array
                 width = max((len(p) for p in payload), default=0)

@@ -108,8 +108,13 @@ def _writer_options(schema: pa.Schema) -> dict[str, Any]:
     stats_cols = [
         f.name
         for f in schema
-        if not (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_list(f.type)
-                or pa.types.is_fixed_size_list(f.type) or pa.types.is_large_list(f.type))
+        if not (
+            pa.types.is_binary(f.type)
+            or pa.types.is_large_binary(f.type)
+            or pa.types.is_list(f.type)
+            or pa.types.is_fixed_size_list(f.type)
+            or pa.types.is_large_list(f.type)
+        )
     ]
     compression: dict[str, str] = {}
     for f in schema:
@@ -246,8 +251,11 @@ class StreamSink:
         if self.frames:
             start = self.report.rows - table.num_rows
             fi = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
-            table = table.set_column(table.schema.get_field_index("frame_index"), "frame_index", fi) \
-                if "frame_index" in table.column_names else table.append_column("frame_index", fi)
+            table = (
+                table.set_column(table.schema.get_field_index("frame_index"), "frame_index", fi)
+                if "frame_index" in table.column_names
+                else table.append_column("frame_index", fi)
+            )
         if self.schema is None:
             self.schema = self._establish_schema(table)
             self._writer = pq.ParquetWriter(self.path, self.schema, **_writer_options(self.schema))
@@ -288,9 +296,7 @@ class StreamSink:
         if self.needs_resort:
             _resort_parquet(self.path, self.rg_rows, self.frames)
         assert self.schema is not None
-        r.columns = {
-            f.name: (f.metadata or {}).get(b"unit", b"").decode() for f in self.schema
-        }
+        r.columns = {f.name: (f.metadata or {}).get(b"unit", b"").decode() for f in self.schema}
         if r.rows > 1 and r.end_ns is not None and r.start_ns is not None and r.end_ns > r.start_ns:
             r.rate_hz = round((r.rows - 1) / ((r.end_ns - r.start_ns) / 1e9), 6)
         if self.dropped_columns:
