@@ -81,16 +81,17 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
 
     The DBCs are the market's current ones; profiling reads the new tables before they are published.
     """
-    logs = [f for f in landing.drive_files(market, drive_id) if classify(Path(f.name)) in ("mdf4", "mcap")]
+    kinds = {f.name: classify(Path(f.name)) for f in landing.drive_files(market, drive_id)}
     rates = nominal_rates(landing.read_manifest(market, drive_id))
     with contextlib.ExitStack() as stack:
-        inputs = [stack.enter_context(landing.local_file(market, drive_id, f.name)) for f in logs]
-        dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]
-        dbcs += [
-            stack.enter_context(landing.local_file(market, drive_id, f.name))
-            for f in landing.drive_files(market, drive_id)
-            if classify(Path(f.name)) == "dbc"
+        inputs = [
+            stack.enter_context(landing.local_file(market, drive_id, name))
+            for name, kind in kinds.items()
+            if kind in ("mdf4", "mcap")
         ]
+        # The market's DBCs, plus any a drive brings for its own buses.
+        dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]
+        dbcs += [stack.enter_context(landing.local_file(market, drive_id, n)) for n, k in kinds.items() if k == "dbc"]
         with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
             report = decode_drive(inputs, out_dir, dbcs, log=log.info)
             profiles = profile_drive(out_dir, rates)

@@ -137,3 +137,18 @@ def test_real_camera_and_lidar_mcaps_sync_without_error(
     assert {name.removesuffix("_state") for name in report.streams} == streams
     assert all(s.within_tolerance_ratio == 1.0 for s in report.streams.values())
     assert plan.present["camera"] is False  # not the fleet's front camera: the required-sensor check would say so
+
+
+@pytest.mark.parametrize("batch", [20, 7, 3, 1])
+def test_flat_and_nan_runs_are_measured_the_same_whatever_the_batching(batch: int) -> None:
+    from ad_assets.quality.profile import _RunTracker
+
+    t = np.arange(20, dtype=np.int64) * 1_000_000_000
+    v = np.array([1, 1, 1, 0, 2, 2, 2, 2, 2, 3, np.nan, np.nan, 5, 5, 5, 5, 5, 5, 5, 5], dtype=float)
+    flat, nan = _RunTracker(), _RunTracker()
+    for i in range(0, len(t), batch):
+        tb, vb = t[i : i + batch], v[i : i + batch]
+        flat.update(tb, ~np.isnan(vb) & (vb != 0), vb)
+        nan.update(tb, np.isnan(vb), np.zeros(len(vb)))
+    assert (flat.longest_s, flat.longest_key, flat.longest_from_ns) == (7.0, 5.0, 12_000_000_000)
+    assert (nan.longest_s, nan.longest_from_ns) == (1.0, 10_000_000_000)

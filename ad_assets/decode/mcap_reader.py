@@ -300,6 +300,22 @@ def _header_stamp(row: dict[str, Any]) -> int | None:
     return None
 
 
+def _count_failure(t: _Topic, exc: Exception) -> None:
+    """A message that does not decode is counted (and the first cause kept) instead of failing the stream."""
+    t.failures += 1
+    if t.first_failure is None:
+        t.first_failure = f"{type(exc).__name__}: {exc}"
+
+
+def _append_row(t: _Topic, row: dict[str, Any], log_time: int, publish_time: int) -> None:
+    stamp = _header_stamp(row)
+    row["timestamp_ns"] = log_time
+    row["publish_time_ns"] = publish_time
+    if stamp is not None:
+        row["header_stamp_ns"] = stamp
+    t.rows.append(row)
+
+
 # ------------------------------------------------------------------ per topic
 @dataclass
 class _Topic:
@@ -516,16 +532,9 @@ class McapDecoder:
             try:
                 row = splitter.row(buf, a, b) if splitter is not None else flatten(decode(buf[a:b]))
             except Exception as exc:
-                t.failures += 1
-                if t.first_failure is None:
-                    t.first_failure = f"{type(exc).__name__}: {exc}"
+                _count_failure(t, exc)
                 continue
-            stamp = _header_stamp(row)
-            row["timestamp_ns"] = log_time
-            row["publish_time_ns"] = publish_time
-            if stamp is not None:
-                row["header_stamp_ns"] = stamp
-            t.rows.append(row)
+            _append_row(t, row, log_time, publish_time)
             if frames:
                 t.rows_bytes += b - a
             self._ensure_sink(t, file_metadata, source)
@@ -626,16 +635,9 @@ class McapDecoder:
         try:
             row = t.flatten(t.decode(payload))  # type: ignore[misc]
         except Exception as exc:
-            t.failures += 1
-            if t.first_failure is None:
-                t.first_failure = f"{type(exc).__name__}: {exc}"
+            _count_failure(t, exc)
             return
-        stamp = _header_stamp(row)
-        row["timestamp_ns"] = log_time
-        row["publish_time_ns"] = publish_time
-        if stamp is not None:
-            row["header_stamp_ns"] = stamp
-        t.rows.append(row)
+        _append_row(t, row, log_time, publish_time)
 
     # ---------------------------------------------------------------- close
     def close(self, file_hashes: dict[str, str]) -> list[StreamReport]:

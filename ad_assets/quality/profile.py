@@ -85,20 +85,44 @@ class SignalProfile:
 
 
 @dataclass
-class _Run:
-    """A run of equal (or NaN) values that may continue into the next batch."""
+class _RunTracker:
+    """Longest run, in time, of consecutive samples that share a key, carried across batches.
 
-    value: float | None = None
-    start_ns: int | None = None
-    last_ns: int | None = None
+    Vectorised per batch (no per-sample Python): a run starts where a member sample does not join its
+    predecessor and ends where the next sample does not join it; a run still open at the end of a batch
+    continues into the next one.
+    """
 
+    open_start_ns: int | None = None
+    open_key: float | None = None
+    longest_s: float = 0.0
+    longest_key: float | None = None
+    longest_from_ns: int | None = None
 
-def _longest_runs(t: np.ndarray, same_as_previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start index and end index (inclusive) of every maximal run where ``same_as_previous`` holds."""
-    starts_mask = ~same_as_previous
-    starts = np.flatnonzero(starts_mask)
-    ends = np.append(starts[1:] - 1, len(t) - 1)
-    return starts, ends
+    def update(self, t: np.ndarray, member: np.ndarray, key: np.ndarray) -> None:
+        if len(t) == 0:
+            return
+        carried = self.open_start_ns is not None
+        prev_member = np.concatenate([[carried], member[:-1]])
+        prev_key = np.concatenate([[np.nan if self.open_key is None else self.open_key], key[:-1]])
+        joins = member & prev_member & (key == prev_key)
+        starts = np.flatnonzero(member & ~joins)
+        ends = np.flatnonzero(member & ~np.append(joins[1:], False))
+        start_ns = t[starts].astype(np.int64)
+        start_keys = key[starts]
+        if joins[0]:  # the first run continues the one carried from the previous batch
+            start_ns = np.concatenate([[self.open_start_ns], start_ns])
+            start_keys = np.concatenate([[self.open_key], start_keys])
+        if len(ends):
+            durations = (t[ends].astype(np.int64) - start_ns) / NS
+            best = int(np.argmax(durations))
+            if durations[best] > self.longest_s:
+                self.longest_s = float(durations[best])
+                self.longest_key, self.longest_from_ns = float(start_keys[best]), int(start_ns[best])
+        if member[-1]:
+            self.open_start_ns, self.open_key = int(start_ns[-1]), float(key[-1])
+        else:
+            self.open_start_ns, self.open_key = None, None
 
 
 class _SignalProfiler:
@@ -107,44 +131,20 @@ class _SignalProfiler:
         low_high = PHYSICAL_RANGES.get(signal)
         if low_high:
             self.profile.range_min, self.profile.range_max = low_high
-        self.flat = _Run()
-        self.nan = _Run()
-
-    def _extend_run(self, run: _Run, t: np.ndarray, same: np.ndarray, values: np.ndarray | None) -> float:
-        """Fold this batch into the carried run; return the longest run (s) completed or ongoing."""
-        if len(t) == 0:
-            return 0.0
-        starts, ends = _longest_runs(t, same)
-        longest = 0.0
-        for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-            start_ns = int(t[s])
-            if i == 0 and s == 0 and run.start_ns is not None and same[0]:
-                start_ns = run.start_ns  # continues the run carried from the previous batch
-            duration = (int(t[e]) - start_ns) / NS
-            if duration > longest:
-                longest = duration
-                if values is not None:
-                    self.profile.flat_value, self.profile.flat_from_ns = float(values[s]), start_ns
-            if i == len(starts) - 1:
-                run.start_ns, run.last_ns = start_ns, int(t[e])
-                run.value = None if values is None else float(values[e])
-        return longest
+        self.flat = _RunTracker() if signal in FLATLINE_SIGNALS else None
+        self.nan = _RunTracker()
 
     def update(self, t: np.ndarray, v: np.ndarray) -> None:
         p = self.profile
         p.rows += len(v)
         isnan = np.isnan(v)
         p.nan_rows += int(isnan.sum())
-        # NaN runs: "same" = this and the previous sample are both NaN.
-        prev_nan = np.concatenate([[self.nan.value is not None and self.nan.last_ns is not None], isnan[:-1]])
-        nan_same = isnan & prev_nan
-        longest_nan = self._extend_run_nan(t, isnan, nan_same)
-        p.longest_nan_run_s = max(p.longest_nan_run_s, longest_nan)
-        if p.signal in FLATLINE_SIGNALS:
-            previous = np.concatenate([[np.nan if self.flat.value is None else self.flat.value], v[:-1]])
-            same = (v == previous) & (v != 0)  # standing still at 0 is legitimate
-            nonzero_flat = self._extend_run(self.flat, t, same, v)
-            p.longest_flat_run_s = max(p.longest_flat_run_s, nonzero_flat)
+        self.nan.update(t, isnan, np.zeros(len(v)))
+        p.longest_nan_run_s = self.nan.longest_s
+        if self.flat is not None:
+            self.flat.update(t, ~isnan & (v != 0), v)  # standing still at 0 is legitimate
+            p.longest_flat_run_s = self.flat.longest_s
+            p.flat_value, p.flat_from_ns = self.flat.longest_key, self.flat.longest_from_ns
         if p.range_min is not None and p.range_max is not None:
             bad = ~isnan & ((v < p.range_min) | (v > p.range_max))
             count = int(bad.sum())
@@ -153,26 +153,6 @@ class _SignalProfiler:
                 room = SAMPLE_SIZE - len(p.out_of_range_sample)
                 for i in np.flatnonzero(bad)[:room]:
                     p.out_of_range_sample.append({"timestamp_ns": int(t[i]), "value": float(v[i])})
-
-    def _extend_run_nan(self, t: np.ndarray, isnan: np.ndarray, nan_same: np.ndarray) -> float:
-        if not isnan.any():
-            self.nan.value = None
-            return 0.0
-        longest = 0.0
-        idx = np.flatnonzero(isnan)
-        # Runs of consecutive NaN indices.
-        breaks = np.flatnonzero(np.diff(idx) != 1)
-        run_starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-        run_ends = np.concatenate([idx[breaks], [idx[-1]]])
-        for s, e in zip(run_starts, run_ends, strict=True):
-            start_ns = int(t[s])
-            if s == 0 and nan_same[0] and self.nan.start_ns is not None:
-                start_ns = self.nan.start_ns
-            longest = max(longest, (int(t[e]) - start_ns) / NS)
-            self.nan.start_ns = start_ns
-        self.nan.value = 1.0 if isnan[-1] else None
-        self.nan.last_ns = int(t[-1]) if isnan[-1] else None
-        return longest
 
 
 def _numeric_signals(schema: pa.Schema) -> list[str]:
