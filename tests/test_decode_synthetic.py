@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
@@ -22,7 +24,7 @@ from mcap.writer import Writer as RawWriter
 from mcap_protobuf.schema import build_file_descriptor_set
 from mcap_protobuf.writer import Writer as PbWriter
 
-from ad_assets.decode import DecodeError, decode_drive, decode_file, mcap_chunks, parquet_out, read_frame
+from ad_assets.decode import DecodeError, decode_drive, decode_file, mcap_chunks, mcap_reader, parquet_out, read_frame
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000_000_000
@@ -257,6 +259,29 @@ def test_fleetgen_round_trip(tmp_path: Path) -> None:
     assert read_frame(img.parquet, img.rows - 1)[:2] == b"\xff\xd8"
     imu = pq.read_table(rep.stream("mcap__imu_data").parquet)
     assert "linear_acceleration.x" in imu.column_names and "header_stamp_ns" in imu.column_names
+    # float columns are BYTE_STREAM_SPLIT-encoded; DuckDB reads them and the frame payloads as pyarrow does
+    imu_path = rep.stream("mcap__imu_data").parquet
+    col = pq.ParquetFile(imu_path).metadata.row_group(0).column(imu.schema.get_field_index("linear_acceleration.x"))
+    assert "BYTE_STREAM_SPLIT" in col.encodings and col.compression == "ZSTD"
+    con = duckdb.connect()
+    ax = con.sql(f"select \"linear_acceleration.x\" from read_parquet('{imu_path}')").fetchnumpy()
+    np.testing.assert_array_equal(ax["linear_acceleration.x"], imu.column("linear_acceleration.x").to_numpy())
+    lidar = rep.stream("mcap__lidar_top_points").parquet
+    ((blob,),) = con.sql(f"select data from read_parquet('{lidar}') where frame_index = 7").fetchall()
+    assert blob == read_frame(lidar, 7) and len(blob) == 256 * 16
+
+
+def test_binary_view_payloads_reference_large_values_and_copy_small_ones() -> None:
+    chunk = bytes(range(256)) * 64  # 16 KiB "decompressed chunk"
+    view = memoryview(chunk)
+    vals = [view[100:9000], None, view[5:11], view[9000:9100], b"standalone value"]
+    arr = mcap_reader._binary_array(vals)
+    assert arr.type == pa.binary_view() and arr.null_count == 1
+    assert arr.to_pylist() == [chunk[100:9000], None, chunk[5:11], chunk[9000:9100], b"standalone value"]
+    # the frame-sized value points into the chunk itself (no copy); the 100-byte one went to a compact buffer
+    buffer_addresses = {b.address for b in arr.buffers()[2:]}
+    assert mcap_reader._address(chunk) in buffer_addresses
+    assert len(arr.buffers()) == 2 + 3  # validity, views; the chunk, the standalone bytes, one compact buffer
 
 
 # ------------------------------------------------------------------ chunk reader (ad_assets.decode.mcap_chunks)
@@ -325,7 +350,10 @@ def test_chunk_reader_matches_mcap_library(tmp_path: Path, compression, indexed:
     assert t.column("frame_id").to_pylist() == [f"cam{i // 7}" for i in range(60)]
     assert t.column("header_stamp_ns").to_pylist() == [T0 + i * 100_000_000 + 5 for i in range(60)]
     assert t.column("publish_time_ns").to_pylist() == [T0 + i * 100_000_000 + 1 for i in range(60)]
-    assert t.schema.field("data").type == "binary"
+    # payloads are Parquet BYTE_ARRAY written from zero-copy views (pyarrow reads them back as binary_view)
+    assert t.schema.field("data").type == "binary_view"
+    column = pq.ParquetFile(img.parquet).metadata.row_group(0).column(t.schema.get_field_index("data"))
+    assert (column.physical_type, column.compression) == ("BYTE_ARRAY", "UNCOMPRESSED")
     for i in (0, 17, 59):
         assert read_frame(img.parquet, i) == b"\xff\xd8" + i.to_bytes(4, "big") * 300
     gnss = pq.read_table(rep.stream("mcap__gnss_fix").parquet)

@@ -22,7 +22,7 @@ from .mdf import decode_mdf
 from .parquet_out import FRAMES_PER_ROW_GROUP, SinkManager, read_frame
 from .report import DecodeError, DriveDecodeReport, StreamReport
 
-DECODER_VERSION = "1.0.0"
+DECODER_VERSION = "1.1.0"  # 1.1: float columns BYTE_STREAM_SPLIT, frame tables uncompressed
 
 __all__ = [
     "DECODER_VERSION",
@@ -93,7 +93,7 @@ def _relaxed_gc() -> object:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    buf = bytearray(8 << 20)  # one reused buffer: no fresh pages per read
+    buf = bytearray(1 << 20)  # one reused buffer (no fresh pages per read), small enough to hash from cache
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):

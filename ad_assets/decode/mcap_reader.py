@@ -54,7 +54,8 @@ FLUSH_ROWS = 4096
 FRAME_FLUSH_ROWS = 64  # frame topics: rows per Arrow batch (the sink still writes 16-frame row groups)
 FRAME_FLUSH_BYTES = 16 * 2**20
 _TS_NAMES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
-BINARY_COMPRESS_NONE = {"image"}
+VIEW_INLINE_BYTES = 12  # binary_view values up to 12 bytes live inside the view itself
+VIEW_MIN_SHARE = 4  # a payload is referenced in place when it is at least 1/4 of its buffer
 
 
 def classify(schema_name: str) -> str:
@@ -586,7 +587,7 @@ class McapDecoder:
         if not t.rows or t.sink is None:
             return
         rows, t.rows, t.rows_bytes = t.rows, [], 0
-        table = _rows_to_table(rows, t.kind, t.types)
+        table = _rows_to_table(rows, t.types)
         t.sink.append(table)
 
     def _push_cdr(self, t: _Topic) -> None:
@@ -687,35 +688,69 @@ def _rows_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _binary_array(vals: list[Any]) -> pa.Array | None:
-    """bytes / memoryview values (or None) -> ``binary`` array with one join (no per-value Arrow builder).
+    """bytes / memoryview values (or None) -> ``binary_view`` array, without copying large payloads.
 
-    Not ``pa.array`` on memoryviews: pyarrow keeps a reference to every memoryview it converts, which would keep
-    each decompressed chunk alive."""
+    A payload that is a large share of its buffer (a camera or lidar frame in its decompressed chunk) is referenced
+    in place: the array keeps that chunk alive until the row group is written. Smaller values are copied into
+    one compact buffer, so a sparse topic never pins whole chunks. Returns None where an offset would not fit
+    int32 (the caller then builds a plain ``binary`` array)."""
     n = len(vals)
-    lengths = np.fromiter((0 if v is None else len(v) for v in vals), dtype=np.int64, count=n)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] >= 2**31 - 1:
+    views = np.zeros((n, 4), dtype=np.int32)  # Arrow's view layout: length, 4-byte prefix, buffer index, offset
+    raw = views.view(np.uint8)
+    valid = np.ones(n, dtype=bool)
+    buffers: list[pa.Buffer] = []
+    buffer_index: dict[int, tuple[int, int]] = {}  # id(bytes) -> (index, address)
+    compact: list[bytes | memoryview] = []
+    compact_rows: list[int] = []
+    compact_size = 0
+    for i, v in enumerate(vals):
+        if v is None:
+            valid[i] = False
+            continue
+        size = len(v)
+        views[i, 0] = size
+        if size <= VIEW_INLINE_BYTES:
+            raw[i, 4 : 4 + size] = np.frombuffer(v, dtype=np.uint8)
+            continue
+        raw[i, 4:8] = np.frombuffer(v[:4], dtype=np.uint8)
+        base = v.obj if isinstance(v, memoryview) else v
+        if isinstance(base, bytes) and size * VIEW_MIN_SHARE >= len(base) and len(base) < 2**31:
+            known = buffer_index.get(id(base))
+            if known is None:
+                known = buffer_index[id(base)] = (len(buffers), _address(base))
+                buffers.append(pa.py_buffer(base))
+            views[i, 2] = known[0]
+            views[i, 3] = _address(v) - known[1]
+        else:
+            views[i, 3] = compact_size
+            compact.append(v)
+            compact_rows.append(i)
+            compact_size += size
+    if compact_size >= 2**31:
         return None
-    data = b"".join([v for v in vals if v is not None])
-    nulls = sum(v is None for v in vals)
-    validity = pa.array([v is not None for v in vals], type=pa.bool_()).buffers()[1] if nulls else None
-    return pa.Array.from_buffers(
-        pa.binary(), n, [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)], null_count=nulls
-    )
+    if compact:
+        views[compact_rows, 2] = len(buffers)
+        buffers.append(pa.py_buffer(b"".join(compact)))
+    nulls = n - int(valid.sum())
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(views), *buffers], null_count=nulls)
+
+
+def _address(buf: bytes | memoryview) -> int:
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
 
 
 def _column(vals: list[Any], known: pa.DataType | None) -> pa.Array:
     first = next((v for v in vals if v is not None), None)
     if (
         isinstance(first, bytes | memoryview)
-        and (known is None or pa.types.is_binary(known))
+        and (known is None or pa.types.is_binary_view(known))
         and all(v is None or isinstance(v, bytes | memoryview) for v in vals)
     ):
         arr = _binary_array(vals)
         if arr is not None:
             return arr
-        vals = [bytes(v) if isinstance(v, memoryview) else v for v in vals]
+        return pa.array([bytes(v) if isinstance(v, memoryview) else v for v in vals], type=pa.binary_view())
     if known is not None:
         try:
             return pa.array(vals, type=known)
@@ -723,7 +758,7 @@ def _column(vals: list[Any], known: pa.DataType | None) -> pa.Array:
             pass
     try:
         if isinstance(first, bytes | memoryview) and all(v is None or isinstance(v, bytes | memoryview) for v in vals):
-            arr = pa.array(vals, type=pa.binary())
+            arr = pa.array(vals, type=pa.binary_view())
         else:
             arr = pa.array(vals)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
@@ -735,7 +770,7 @@ def _column(vals: list[Any], known: pa.DataType | None) -> pa.Array:
     return arr
 
 
-def _rows_to_table(rows: Sequence[dict[str, Any]], kind: str, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+def _rows_to_table(rows: Sequence[dict[str, Any]], types: dict[str, pa.DataType] | None = None) -> pa.Table:
     """Row dicts -> table. ``types`` (per topic) remembers the inferred Arrow types, so later batches of the same
     topic are built with explicit types (no inference); a batch that does not fit them is inferred again."""
     known = types if types is not None else {}
@@ -756,33 +791,4 @@ def _rows_to_table(rows: Sequence[dict[str, Any]], kind: str, types: dict[str, p
         cols[k] = arr
     # timestamp first, then the rest in first-seen order
     order = ["timestamp_ns"] + [k for k in cols if k != "timestamp_ns"]
-    fields = []
-    arrays = []
-    for k in order:
-        a = cols[k]
-        md = None
-        if kind in BINARY_COMPRESS_NONE and pa.types.is_binary(a.type):
-            md = {b"compress": b"none"}
-        fields.append(pa.field(k, a.type, metadata=md))
-        arrays.append(a)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def decode_mcaps(
-    paths: Sequence[Path],
-    manager: SinkManager,
-    decoder_version: str,
-    file_metadata_for: Callable[[Path], dict[str, str]],
-    log: Callable[[str], None],
-) -> tuple[McapDecoder, list[str]]:
-    dec = McapDecoder(manager, decoder_version, log)
-    errors: list[str] = []
-    for p in paths:
-        try:
-            n, note = dec.read_file(p, file_metadata_for(p))
-            if note:
-                errors.append(note)
-            log(f"{p.name}: {n} MCAP messages")
-        except DecodeError as exc:
-            errors.append(str(exc))
-    return dec, errors
+    return pa.table({k: cols[k] for k in order})

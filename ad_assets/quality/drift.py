@@ -138,9 +138,9 @@ def frame_brightness(camera_parquet: Path, max_frames: int = BRIGHTNESS_FRAMES) 
     luma: list[float] = []
     for g in np.unique(np.searchsorted(starts, wanted, side="right") - 1):
         rows = wanted[(wanted >= starts[g]) & (wanted < starts[g + 1])] - starts[g]
-        data = pf.read_row_group(int(g), columns=["data"]).column("data").take(pa.array(rows))
+        data = pf.read_row_group(int(g), columns=["data"]).column("data")
         # Grayscale decoding returns the Y plane the JPEG already stores: no colour conversion needed.
-        luma += [float(simplejpeg.decode_jpeg(b.as_py(), colorspace="GRAY").mean()) for b in data]
+        luma += [float(simplejpeg.decode_jpeg(data[int(r)].as_py(), colorspace="GRAY").mean()) for r in rows]
     return np.asarray(luma)
 
 
