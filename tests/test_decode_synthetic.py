@@ -271,17 +271,22 @@ def test_fleetgen_round_trip(tmp_path: Path) -> None:
     assert blob == read_frame(lidar, 7) and len(blob) == 256 * 16
 
 
-def test_binary_view_payloads_reference_large_values_and_copy_small_ones() -> None:
+def test_binary_view_payloads_are_referenced_in_place_unless_they_would_pin_whole_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     chunk = bytes(range(256)) * 64  # 16 KiB "decompressed chunk"
     view = memoryview(chunk)
     vals = [view[100:9000], None, view[5:11], view[9000:9100], b"standalone value"]
+    expected = [chunk[100:9000], None, chunk[5:11], chunk[9000:9100], b"standalone value"]
     arr = mcap_reader._binary_array(vals)
-    assert arr.type == pa.binary_view() and arr.null_count == 1
-    assert arr.to_pylist() == [chunk[100:9000], None, chunk[5:11], chunk[9000:9100], b"standalone value"]
-    # the frame-sized value points into the chunk itself (no copy); the 100-byte one went to a compact buffer
-    buffer_addresses = {b.address for b in arr.buffers()[2:]}
-    assert mcap_reader._address(chunk) in buffer_addresses
-    assert len(arr.buffers()) == 2 + 3  # validity, views; the chunk, the standalone bytes, one compact buffer
+    assert arr.type == pa.binary_view() and arr.null_count == 1 and arr.to_pylist() == expected
+    # no copy: the array's data buffers are the chunk and the standalone bytes object themselves
+    assert {b.address for b in arr.buffers()[2:]} == {mcap_reader._address(chunk), mcap_reader._address(vals[4])}
+    # where the chunks would outweigh the payloads by more than the slack, the payloads are copied compactly
+    monkeypatch.setattr(mcap_reader, "VIEW_PIN_SLACK", 1024)
+    arr = mcap_reader._binary_array(vals)
+    assert arr.to_pylist() == expected
+    assert len(arr.buffers()) == 3 and arr.buffers()[2].size == 8900 + 100 + 16  # one compact buffer
 
 
 # ------------------------------------------------------------------ chunk reader (ad_assets.decode.mcap_chunks)

@@ -55,7 +55,7 @@ FRAME_FLUSH_ROWS = 64  # frame topics: rows per Arrow batch (the sink still writ
 FRAME_FLUSH_BYTES = 16 * 2**20
 _TS_NAMES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
 VIEW_INLINE_BYTES = 12  # binary_view values up to 12 bytes live inside the view itself
-VIEW_MIN_SHARE = 4  # a payload is referenced in place when it is at least 1/4 of its buffer
+VIEW_PIN_SLACK = 16 * 2**20  # chunk bytes a batch of frames may keep alive beyond its own payloads
 
 
 def classify(schema_name: str) -> str:
@@ -688,21 +688,20 @@ def _rows_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _binary_array(vals: list[Any]) -> pa.Array | None:
-    """bytes / memoryview values (or None) -> ``binary_view`` array, without copying large payloads.
+    """bytes / memoryview values (or None) -> ``binary_view`` array, without copying the payloads where it pays.
 
-    A payload that is a large share of its buffer (a camera or lidar frame in its decompressed chunk) is referenced
-    in place: the array keeps that chunk alive until the row group is written. Smaller values are copied into
-    one compact buffer, so a sparse topic never pins whole chunks. Returns None where an offset would not fit
-    int32 (the caller then builds a plain ``binary`` array)."""
+    Frame payloads are views into their decompressed chunk; referencing them in place keeps those chunks alive
+    until the row group is written. That is done when the chunks add at most ``VIEW_PIN_SLACK`` bytes beyond the
+    payloads themselves (frames that dominate their chunks); otherwise (a sparse topic in big chunks) the values
+    are copied into one compact buffer. Returns None where a buffer would overflow the int32 offsets (the caller
+    then copies value by value)."""
     n = len(vals)
     views = np.zeros((n, 4), dtype=np.int32)  # Arrow's view layout: length, 4-byte prefix, buffer index, offset
     raw = views.view(np.uint8)
     valid = np.ones(n, dtype=bool)
-    buffers: list[pa.Buffer] = []
-    buffer_index: dict[int, tuple[int, int]] = {}  # id(bytes) -> (index, address)
-    compact: list[bytes | memoryview] = []
-    compact_rows: list[int] = []
-    compact_size = 0
+    large: list[int] = []
+    bases: dict[int, bytes] = {}
+    payload = 0
     for i, v in enumerate(vals):
         if v is None:
             valid[i] = False
@@ -713,24 +712,27 @@ def _binary_array(vals: list[Any]) -> pa.Array | None:
             raw[i, 4 : 4 + size] = np.frombuffer(v, dtype=np.uint8)
             continue
         raw[i, 4:8] = np.frombuffer(v[:4], dtype=np.uint8)
+        large.append(i)
+        payload += size
         base = v.obj if isinstance(v, memoryview) else v
-        if isinstance(base, bytes) and size * VIEW_MIN_SHARE >= len(base) and len(base) < 2**31:
-            known = buffer_index.get(id(base))
-            if known is None:
-                known = buffer_index[id(base)] = (len(buffers), _address(base))
-                buffers.append(pa.py_buffer(base))
-            views[i, 2] = known[0]
-            views[i, 3] = _address(v) - known[1]
-        else:
-            views[i, 3] = compact_size
-            compact.append(v)
-            compact_rows.append(i)
-            compact_size += size
-    if compact_size >= 2**31:
-        return None
-    if compact:
-        views[compact_rows, 2] = len(buffers)
-        buffers.append(pa.py_buffer(b"".join(compact)))
+        bases[id(base)] = base
+    pinned = sum(len(b) for b in bases.values())
+    in_place = all(isinstance(b, bytes) and len(b) < 2**31 for b in bases.values())
+    buffers: list[pa.Buffer] = []
+    if in_place and pinned - payload <= VIEW_PIN_SLACK:
+        index = {key: (k, _address(b)) for k, (key, b) in enumerate(bases.items())}
+        buffers = [pa.py_buffer(b) for b in bases.values()]
+        for i in large:
+            v = vals[i]
+            k, base_address = index[id(v.obj if isinstance(v, memoryview) else v)]
+            views[i, 2] = k
+            views[i, 3] = _address(v) - base_address
+    elif large:
+        if payload >= 2**31:
+            return None
+        starts = np.cumsum([0] + [int(views[i, 0]) for i in large[:-1]])
+        views[large, 3] = starts
+        buffers = [pa.py_buffer(b"".join([vals[i] for i in large]))]
     nulls = n - int(valid.sum())
     validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
     return pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(views), *buffers], null_count=nulls)

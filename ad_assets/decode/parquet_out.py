@@ -140,9 +140,7 @@ def _take(table: pa.Table, order: np.ndarray) -> pa.Table:
         table = table.set_column(i, table.field(i).with_type(pa.binary()), table.column(i).cast(pa.binary()))
     table = table.take(pa.array(order))
     for i in views:
-        table = table.set_column(
-            i, table.field(i).with_type(pa.binary_view()), table.column(i).cast(pa.binary_view())
-        )
+        table = table.set_column(i, table.field(i).with_type(pa.binary_view()), table.column(i).cast(pa.binary_view()))
     return table
 
 
