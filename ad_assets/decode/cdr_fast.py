@@ -141,7 +141,8 @@ def decode_batch(layout: Layout, payloads: list[bytes]) -> tuple[dict[str, pa.Ar
         else:
             cols[k] = pa.array(_col(arr, *spec))
     for k, v in layout.const.items():  # type: ignore[attr-defined]
-        cols[k] = pa.array([v] * m)
+        # bytes columns of MCAP tables are binary_view, as the generic path builds them
+        cols[k] = pa.array([v] * m, type=pa.binary_view() if isinstance(v, bytes) else None)
     del n
     return {k: cols[k] for k in layout.keys if k in cols}, fits  # type: ignore[attr-defined]
 

@@ -688,20 +688,21 @@ def _rows_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _binary_array(vals: list[Any]) -> pa.Array | None:
-    """bytes / memoryview values (or None) -> ``binary_view`` array, without copying the payloads where it pays.
+    """bytes / memoryview values (or None) -> ``binary_view`` array, without copying frame payloads where it pays.
 
-    Frame payloads are views into their decompressed chunk; referencing them in place keeps those chunks alive
-    until the row group is written. That is done when the chunks add at most ``VIEW_PIN_SLACK`` bytes beyond the
-    payloads themselves (frames that dominate their chunks); otherwise (a sparse topic in big chunks) the values
-    are copied into one compact buffer. Returns None where a buffer would overflow the int32 offsets (the caller
-    then copies value by value)."""
+    Frame payloads arrive as memoryviews into their decompressed chunk (immutable ``bytes``); referencing them
+    in place keeps those chunks alive until the row group is written. That is done when the chunks add at most
+    ``VIEW_PIN_SLACK`` bytes beyond the payloads themselves (frames that dominate their chunks); otherwise (a
+    sparse topic in big chunks) they are copied into one compact buffer, as are all other values. Returns None
+    where that buffer would overflow the int32 offsets (the caller then copies value by value)."""
     n = len(vals)
     views = np.zeros((n, 4), dtype=np.int32)  # Arrow's view layout: length, 4-byte prefix, buffer index, offset
     raw = views.view(np.uint8)
     valid = np.ones(n, dtype=bool)
-    large: list[int] = []
-    bases: dict[int, bytes] = {}
-    payload = 0
+    in_chunk: list[int] = []
+    copied: list[int] = []
+    chunks: dict[int, bytes] = {}
+    in_chunk_bytes = 0
     for i, v in enumerate(vals):
         if v is None:
             valid[i] = False
@@ -712,27 +713,29 @@ def _binary_array(vals: list[Any]) -> pa.Array | None:
             raw[i, 4 : 4 + size] = np.frombuffer(v, dtype=np.uint8)
             continue
         raw[i, 4:8] = np.frombuffer(v[:4], dtype=np.uint8)
-        large.append(i)
-        payload += size
-        base = v.obj if isinstance(v, memoryview) else v
-        bases[id(base)] = base
-    pinned = sum(len(b) for b in bases.values())
-    in_place = all(isinstance(b, bytes) and len(b) < 2**31 for b in bases.values())
-    buffers: list[pa.Buffer] = []
-    if in_place and pinned - payload <= VIEW_PIN_SLACK:
-        index = {key: (k, _address(b)) for k, (key, b) in enumerate(bases.items())}
-        buffers = [pa.py_buffer(b) for b in bases.values()]
-        for i in large:
-            v = vals[i]
-            k, base_address = index[id(v.obj if isinstance(v, memoryview) else v)]
-            views[i, 2] = k
-            views[i, 3] = _address(v) - base_address
-    elif large:
-        if payload >= 2**31:
+        chunk = v.obj if isinstance(v, memoryview) else None
+        if isinstance(chunk, bytes) and len(chunk) < 2**31:
+            in_chunk.append(i)
+            chunks[id(chunk)] = chunk
+            in_chunk_bytes += size
+        else:
+            copied.append(i)
+    if sum(len(c) for c in chunks.values()) - in_chunk_bytes > VIEW_PIN_SLACK:
+        copied += in_chunk
+        in_chunk, chunks = [], {}
+    index = {key: (k, _address(c)) for k, (key, c) in enumerate(chunks.items())}
+    buffers = [pa.py_buffer(c) for c in chunks.values()]
+    for i in in_chunk:
+        k, chunk_address = index[id(vals[i].obj)]
+        views[i, 2] = k
+        views[i, 3] = _address(vals[i]) - chunk_address
+    if copied:
+        sizes = views[copied, 0].astype(np.int64)
+        if sizes.sum() >= 2**31:
             return None
-        starts = np.cumsum([0] + [int(views[i, 0]) for i in large[:-1]])
-        views[large, 3] = starts
-        buffers = [pa.py_buffer(b"".join([vals[i] for i in large]))]
+        views[copied, 2] = len(buffers)
+        views[copied, 3] = np.cumsum(sizes) - sizes
+        buffers.append(pa.py_buffer(b"".join([vals[i] for i in copied])))
     nulls = n - int(valid.sum())
     validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
     return pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(views), *buffers], null_count=nulls)
