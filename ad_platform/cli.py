@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from ad_platform import settings
+from ad_resources.catalog import CATALOG_VIEWS
 
 
 def _instance():  # type: ignore[no-untyped-def]
@@ -86,14 +87,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for o in failed:
         why = f"  [expected: {expected_failures[o.drive_id]}]" if o.drive_id in expected_failures else ""
         print(f"  FAILED {o.market}/{o.drive_id}: {' '.join((o.error or '').split())}{why}")
+    _print_catalog_summary()
     print(
-        f"\nlake: {settings.lake_dir()}\ncatalog: duckdb {settings.catalog_path()}\n"
+        f"\nlake: {settings.lake_dir()}\n"
+        f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
         "UI: run `make dev` and open http://127.0.0.1:3000 (asset checks and failed runs are under each asset)"
     )
     unexpected = [o for o in failed if o.drive_id not in expected_failures]
     if not drift_ok:
         print("  FAILED market assets run (see the UI)")
     return 1 if unexpected or not drift_ok else 0
+
+
+def _print_catalog_summary() -> None:
+    """Query the DuckDB catalog once: this also (re)creates its views, so the printed path is ready to open."""
+    from ad_resources.s3 import resources_from_env
+
+    rows = resources_from_env()["catalog"].query(
+        "SELECT market, count(DISTINCT drive_id), count(*), sum(rows) FROM decoded_streams GROUP BY market ORDER BY 1"
+    )
+    print("\ndecoded in the catalog:")
+    for market, drives, streams, total_rows in rows:
+        print(f"  {market.upper()}: {drives} drive(s), {streams} stream tables, {total_rows:,} rows")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ BENCH_MINUTES = {1.0: 10.0, 4.0: 20.0}  # drive length per size; bytes come from
 def fleetgen_drive(gb: float) -> Path:
     """A fleetgen drive of ~gb GB sized with ``options_for_size`` (default 320x180 camera), cached by options."""
     from ad_assets.fleetgen import generate_drive, options_for_size
+
     minutes = BENCH_MINUTES.get(gb, max(10.0, round(gb * 5.0, 1)))
     opts = options_for_size(gb, minutes)
     key = {"minutes": minutes, "seed": 0, **opts}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 from dagster import AssetKey, instance_for_test
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
@@ -88,6 +90,12 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
         (tmp_path / "landing/_quarantine/de/de-demo-corrupt-log/recording.mcap.reason.json").read_text()
     )
     assert "Git LFS pointer" in reason["reason"]
+    # the printed catalog is ready to open: its views exist and count the decoded drives the demo reported
+    assert re.search(r"^  DE: 2 drive\(s\), \d+ stream tables, [\d,]+ rows$", demo.stdout, re.M), demo.stdout
+    assert re.search(r"^  JP: 1 drive\(s\), \d+ stream tables", demo.stdout, re.M), demo.stdout
+    with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
+        decoded = con.sql("SELECT market, count(DISTINCT drive_id) FROM decoded_streams GROUP BY 1 ORDER BY 1")
+        assert decoded.fetchall() == [("de", 2), ("jp", 1)]
 
     again = subprocess.run(
         [sys.executable, "-m", "ad_platform", "run-once"],
