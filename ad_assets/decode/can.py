@@ -223,11 +223,5 @@ class CanDecoder:
         for o in self._outs.values():
             if o.sink is None:
                 continue
-            extra = {
-                "source_file": ",".join(o.source_files),
-                "source_sha256": ",".join(file_hashes.get(f, "") for f in o.source_files),
-            }
-            r = o.sink.close(extra)
-            r.source_file = ",".join(o.source_files)
-            reports.append(r)
+            reports.append(o.sink.close_from_sources(o.source_files, file_hashes))
         return reports

@@ -39,9 +39,9 @@ from .mcap_chunks import (
     OP_CHANNEL,
     OP_MESSAGE,
     OP_SCHEMA,
-    PREFIX,
     ChunkReader,
     McapReadError,
+    parse_block,
     parse_channel,
     parse_schema,
 )
@@ -455,19 +455,10 @@ class McapDecoder:
     ) -> int:
         """Split one block into records; messages are grouped per channel and handed over per topic in order."""
         pending: dict[int, list[tuple[int, int, int, int]]] = {}
-        unpack_prefix = PREFIX.unpack_from
         unpack_msg = MSG_HEAD.unpack_from
-        pos, n = 0, len(buf)
-        while pos < n:
-            if pos + 9 > n:
-                raise McapReadError(offset, f"malformed records: {n - pos} stray bytes at the end of a block")
-            op, length = unpack_prefix(buf, pos)
-            start = pos + 9
-            pos = start + length
-            if pos > n:
-                raise McapReadError(offset, f"malformed records: a record of {length} bytes overruns its chunk")
+        for op, start, pos in parse_block(buf, offset):
             if op == OP_MESSAGE:
-                if length < 22:
+                if pos - start < 22:
                     raise McapReadError(offset, "malformed message record")
                 cid, _seq, log_time, publish_time = unpack_msg(buf, start)
                 lst = pending.get(cid)
@@ -659,12 +650,7 @@ class McapDecoder:
                     )
                 )
                 continue
-            extra = {
-                "source_file": ",".join(t.files),
-                "source_sha256": ",".join(file_hashes.get(f, "") for f in t.files),
-            }
-            r = t.sink.close(extra)
-            r.source_file = ",".join(t.files)
+            r = t.sink.close_from_sources(t.files, file_hashes)
             if t.failures:
                 note = f"{t.failures} messages failed to decode (first: {t.first_failure})"
                 r.error = f"{r.error}; {note}" if r.error else note

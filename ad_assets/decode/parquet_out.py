@@ -285,6 +285,17 @@ class StreamSink:
         # frame tables: exactly rg_rows per row group so frame i -> row group i // rg_rows
         self._writer.write_table(table, row_group_size=self.rg_rows if self.frames else max(1, table.num_rows))
 
+    def close_from_sources(self, source_files: list[str], file_hashes: dict[str, str]) -> StreamReport:
+        """Close a stream fed by several input files, recording their names and SHA-256s in the same order."""
+        r = self.close(
+            {
+                "source_file": ",".join(source_files),
+                "source_sha256": ",".join(file_hashes.get(f, "") for f in source_files),
+            }
+        )
+        r.source_file = ",".join(source_files)
+        return r
+
     def _account(self, table: pa.Table, ts: np.ndarray) -> None:
         r = self.report
         if r.rows == 0:
