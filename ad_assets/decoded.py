@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -16,18 +16,17 @@ from dagster import (
     asset,
 )
 
-from ad_assets.core.inspect_logs import classify
-from ad_assets.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
-from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
-from ad_assets.quality.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates
-from ad_assets.quality.profile import SignalProfile, StreamProfile, profile_drive
-from ad_assets.quality.rules import DECODED_RULES
-from ad_platform.stages import k8s_op_tags
-from ad_resources.lake import Lake, catalog_record_path, decoded_path
+from ad_assets.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates
+from ad_assets.stage_asset import stage_asset_args
+from ad_common.formats import classify
+from ad_common.lake_layout import DECODED_STREAMS, decoded_path
+from ad_common.stages import DECODED_SIGNALS
+from ad_core.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
+from ad_core.quality.profile import SignalProfile, StreamProfile, profile_drive
+from ad_core.quality.rules import DECODED_RULES
+from ad_resources.lake import Lake
 from ad_resources.landing import LandingZone
 from ad_resources.quality import GreatExpectationsResource
-
-DECODED_GROUP = "decoded"
 
 
 def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.Table:
@@ -50,23 +49,7 @@ def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.
             }
             for s in report.streams
         ],
-        schema=pa.schema(
-            [
-                ("market", pa.string()),
-                ("drive_id", pa.string()),
-                ("stream", pa.string()),
-                ("kind", pa.string()),
-                ("source_file", pa.string()),
-                ("rows", pa.int64()),
-                ("start_ns", pa.int64()),
-                ("end_ns", pa.int64()),
-                ("rate_hz", pa.float64()),
-                ("status", pa.string()),
-                ("error", pa.string()),
-                ("parquet", pa.string()),
-                ("decoder_version", pa.string()),
-            ]
-        ),
+        schema=DECODED_STREAMS.schema,
     )
 
 
@@ -95,7 +78,7 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
         with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
             report = decode_drive(inputs, out_dir, dbcs, log=log.info)
             profiles = profile_drive(out_dir, rates)
-    lake.write_table(catalog_record_path("decoded_streams", market, drive_id), _streams_table(market, drive_id, report))
+    lake.write_table(DECODED_STREAMS.path(market, drive_id), _streams_table(market, drive_id, report))
     return DecodedDrive(report, profiles)
 
 
@@ -132,21 +115,14 @@ def _report_metadata(report: DriveDecodeReport, lake: Lake, market: str, drive_i
     return metadata
 
 
-def build_decoded_signals_asset(market: str) -> Any:
-    key = AssetKey([market, "decoded_signals"])
+def definitions(market: str) -> Definitions:
+    key = DECODED_SIGNALS.key(market)
 
     @asset(
-        key=key,
+        **stage_asset_args(DECODED_SIGNALS, market),
         check_specs=check_specs(key, DECODED_RULES),
-        group_name=DECODED_GROUP,
-        partitions_def=drive_partitions(market),
-        backfill_policy=DRIVE_BACKFILL_POLICY,
-        freshness_policy=MARKET_FRESHNESS,
-        deps=[AssetKey([market, "raw_drive"]), AssetKey([market, "vehicle_dbc"])],
         code_version=DECODER_VERSION,
         kinds={"parquet"},
-        tags={"ad-platform/stage": "decode", "ad-platform/market": market},
-        op_tags=k8s_op_tags("decode"),
         description=f"A {market.upper()} drive's vehicle signals (MDF4 channel groups, CAN frames decoded with the "
         "market DBC) and sensor streams (camera, lidar, IMU, GNSS from MCAP) as zstd Parquet, one table per stream, "
         "timestamps in int64 UTC ns (docs/data-contracts.md). Streamed with bounded memory; written atomically.",
@@ -168,4 +144,4 @@ def build_decoded_signals_asset(market: str) -> Any:
             }
         return MaterializeResult(metadata=metadata, check_results=checks)
 
-    return decoded_signals
+    return Definitions(assets=[decoded_signals])

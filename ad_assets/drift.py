@@ -1,11 +1,8 @@
 """Per-market signal drift: newly synced drives against the market's reference drives (docs/drift.md).
 
 State lives in the lake, never in memory, so any run (or pod) sees the same reference and the same history:
-
-- ``catalog/drive_signal_summaries/<market>/<drive>.parquet``: one summary per synced drive (written by sync)
-- ``reference/<market>/signal_reference.parquet``: the reference summaries, frozen once complete
-- ``reference/<market>/drift_state.json``: which drive summaries (by content fingerprint) were already evaluated
-- ``reports/signal_drift/<market>/<run_id>/drift.png``: the chart of each evaluation
+the per-drive summaries written by sync, the frozen reference, the drives already evaluated and one chart per
+evaluation (paths in ``ad_common/lake_layout.py``).
 """
 
 from typing import Any
@@ -18,35 +15,28 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     Config,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
-from ad_assets.quality.drift import (
-    SIGNAL_SUMMARIES,
+from ad_assets.stage_asset import stage_asset_args
+from ad_common.lake_layout import DRIVE_SIGNAL_SUMMARIES, drift_reference_path, drift_report_dir, drift_state_path
+from ad_common.stages import SIGNAL_DRIFT
+from ad_core.quality.drift import (
     SUMMARY_SCHEMA,
     DriftResult,
     compare,
     drift_chart_md,
     drift_chart_png,
 )
-from ad_assets.synced import SYNCED_GROUP
 from ad_resources.lake import Lake
 
 DRIFT_CHECK = "distribution_drift"
 DEFAULT_REFERENCE_DRIVES = 50  # enough for >= 2 drives in most time-of-day/weather buckets of a market
-
-
-def reference_path(market: str) -> str:
-    return f"reference/{market}/signal_reference.parquet"
-
-
-def state_path(market: str) -> str:
-    return f"reference/{market}/drift_state.json"
 
 
 class DriftSettings(Config):
@@ -71,13 +61,13 @@ def _read_tables(lake: Lake, folder: str, paths: list[str]) -> pa.Table:
 
 def read_summaries(lake: Lake, market: str) -> pa.Table:
     """Every drive summary of a market, sorted by recording start (the order the reference is filled in)."""
-    folder = f"catalog/{SIGNAL_SUMMARIES}/{market}"
+    folder = DRIVE_SIGNAL_SUMMARIES.market_folder(market)
     table = _read_tables(lake, folder, lake.list_files(folder, ".parquet"))
     return table.sort_by([("start_time_ns", "ascending"), ("drive_id", "ascending")])
 
 
 def read_reference(lake: Lake, market: str) -> pa.Table:
-    path = reference_path(market)
+    path = drift_reference_path(market)
     return _read_tables(lake, path.rsplit("/", 1)[0], [path] if lake.exists(path) else [])
 
 
@@ -106,13 +96,11 @@ def _metadata(result: DriftResult, png_uri: str) -> dict[str, Any]:
     }
 
 
-def build_drift_asset(market: str) -> Any:
-    key = AssetKey([market, "signal_drift"])
+def definitions(market: str) -> Definitions:
+    key = SIGNAL_DRIFT.key(market)
 
     @asset(
-        key=key,
-        group_name=SYNCED_GROUP,
-        deps=[AssetKey([market, "synced_frames"])],
+        **stage_asset_args(SIGNAL_DRIFT, market),
         check_specs=[
             AssetCheckSpec(
                 DRIFT_CHECK,
@@ -123,7 +111,6 @@ def build_drift_asset(market: str) -> Any:
             )
         ],
         kinds={"parquet"},
-        tags={"ad-platform/stage": "sync", "ad-platform/market": market},
     )
     def signal_drift(context: AssetExecutionContext, config: DriftSettings, lake: Lake) -> MaterializeResult:
         """Drift of speed, yaw rate and image brightness of newly synced drives against the market reference.
@@ -134,7 +121,7 @@ def build_drift_asset(market: str) -> Any:
         """
         summaries = read_summaries(lake, market)
         reference = SUMMARY_SCHEMA.empty_table() if config.reset_reference else read_reference(lake, market)
-        evaluated: dict[str, str] = (lake.read_json(state_path(market)) or {}).get("evaluated", {})
+        evaluated: dict[str, str] = (lake.read_json(drift_state_path(market)) or {}).get("evaluated", {})
         in_reference = set(reference.column("drive_id").to_pylist())
         unseen = [
             i
@@ -145,12 +132,21 @@ def build_drift_asset(market: str) -> Any:
         if missing:
             joining = summaries.take(pa.array(unseen[:missing], pa.int64()))
             reference = pa.concat_tables([reference, joining])
-            lake.write_table(reference_path(market), reference)
+            lake.write_table(drift_reference_path(market), reference)
             # Counted as evaluated too, so a reset builds the new reference from later drives, not the same ones.
             evaluated.update(_fingerprints(joining))
             unseen = unseen[missing:]
         new = summaries.take(pa.array(unseen, pa.int64()))
-        if reference.num_rows < config.reference_drives or new.num_rows == 0:
+        if summaries.num_rows == 0:
+            # An aggregate over nothing is no evidence of health: say so instead of passing.
+            check = AssetCheckResult(
+                check_name=DRIFT_CHECK,
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"status": "no data", "new_drives": MetadataValue.json([])},
+                description=f"No data: no synced {market.upper()} drive has a signal summary yet, nothing was compared",
+            )
+        elif reference.num_rows < config.reference_drives or new.num_rows == 0:
             status = (
                 f"collecting the reference: {reference.num_rows}/{config.reference_drives} drives"
                 if reference.num_rows < config.reference_drives
@@ -164,7 +160,7 @@ def build_drift_asset(market: str) -> Any:
             )
         else:
             result = compare(reference, new)
-            png = f"reports/signal_drift/{market}/{context.run.run_id}"
+            png = drift_report_dir(market, context.run.run_id)
             with lake.write_dir(png) as out:
                 (out / "drift.png").write_bytes(drift_chart_png(result))
             check = AssetCheckResult(
@@ -181,15 +177,15 @@ def build_drift_asset(market: str) -> Any:
             context.log.info(drift_chart_md(result))
         # Recorded after the comparison: a run that dies before this line re-evaluates the same drives.
         evaluated.update(_fingerprints(new))
-        lake.write_json(state_path(market), {"evaluated": evaluated})
+        lake.write_json(drift_state_path(market), {"evaluated": evaluated})
         return MaterializeResult(
             metadata={
                 "summaries": summaries.num_rows,
                 "reference_drives": reference.num_rows,
                 "new_drives": new.num_rows,
-                "path": MetadataValue.path(lake.uri(reference_path(market))),
+                "path": MetadataValue.path(lake.uri(drift_reference_path(market))),
             },
             check_results=[check],
         )
 
-    return signal_drift
+    return Definitions(assets=[signal_drift])

@@ -9,6 +9,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     DataVersion,
+    Definitions,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -16,27 +17,14 @@ from dagster import (
     observable_source_asset,
 )
 
-from ad_assets.core.inspect_logs import InvalidLogError, LogInventory, inspect_file, sha256_file
-from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
-from ad_platform.stages import k8s_op_tags
-from ad_resources.lake import Lake, catalog_record_path, registry_path
+from ad_assets.stage_asset import stage_asset_args
+from ad_common.lake_layout import RAW_FILES, registry_path
+from ad_common.stages import LANDED_AT_TAG, RAW_DRIVE, VEHICLE_DBC
+from ad_core.inspect import InvalidLogError, LogInventory, inspect_file
+from ad_resources.lake import Lake
 from ad_resources.landing import LandingZone
 
-RAW_GROUP = "raw"
-LANDED_AT_TAG = "ad-platform/landed_at_ns"
 NO_DBC = "no-dbc"
-
-
-def dbc_version(landing: LandingZone, market: str) -> str | None:
-    """Content identity of a market's DBC set: sha256 over the files' names and content hashes."""
-    stats = landing.dbc_files(market)
-    if not stats:
-        return None
-    digest = hashlib.sha256()
-    for stat in stats:
-        with landing.local_dbc(market, stat.name) as path:
-            digest.update(f"{stat.name}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def drive_fingerprint(inventories: list[LogInventory]) -> str:
@@ -67,23 +55,7 @@ def _inventory_table(market: str, drive_id: str, version: int, inventories: list
             }
             for inv in inventories
         ],
-        schema=pa.schema(
-            [
-                ("market", pa.string()),
-                ("drive_id", pa.string()),
-                ("drive_version", pa.int64()),
-                ("file", pa.string()),
-                ("kind", pa.string()),
-                ("size_bytes", pa.int64()),
-                ("sha256", pa.string()),
-                ("format_version", pa.string()),
-                ("finalized", pa.bool_()),
-                ("start_ns", pa.int64()),
-                ("end_ns", pa.int64()),
-                ("streams", pa.list_(pa.struct([("name", pa.string()), ("count", pa.int64())]))),
-                ("notes", pa.list_(pa.string())),
-            ]
-        ),
+        schema=RAW_FILES.schema,
     )
 
 
@@ -146,7 +118,7 @@ def register_drive(
         },
     }
     lake.write_table(
-        catalog_record_path("raw_files", market, drive_id),
+        RAW_FILES.path(market, drive_id),
         _inventory_table(market, drive_id, version, inventories),
     )
     lake.write_json(registry_path(market, drive_id), record)
@@ -175,28 +147,22 @@ def _drive_metadata(record: dict[str, Any], inventories: list[LogInventory]) -> 
     }
 
 
-def build_raw_drive_assets(market: str) -> list[Any]:
+def definitions(market: str) -> Definitions:
     """The market's DBC (an external, observed asset) and its raw_drive asset."""
 
     @observable_source_asset(
-        key=AssetKey([market, "vehicle_dbc"]),
-        group_name=RAW_GROUP,
+        key=AssetKey([market, VEHICLE_DBC]),
+        group_name=RAW_DRIVE.group,
         description=f"The DBC files that decode {market.upper()} CAN frames (landing `{market}/_dbc/`). Its data "
         "version is their sha256: the landing sensor observes it every tick, so a changed DBC marks the market's "
         "decoded drives stale and a backfill of stale partitions re-decodes them.",
     )
     def vehicle_dbc(landing: LandingZone) -> DataVersion:
-        return DataVersion(dbc_version(landing, market) or NO_DBC)
+        return DataVersion(landing.dbc_version(market) or NO_DBC)
 
     @asset(
-        key=AssetKey([market, "raw_drive"]),
-        group_name=RAW_GROUP,
-        partitions_def=drive_partitions(market),
-        backfill_policy=DRIVE_BACKFILL_POLICY,
-        freshness_policy=MARKET_FRESHNESS,
+        **stage_asset_args(RAW_DRIVE, market),
         kinds={"mdf4", "mcap"},
-        tags={"ad-platform/stage": "ingest", "ad-platform/market": market},
-        op_tags=k8s_op_tags("ingest"),
         description=f"A landed {market.upper()} drive, validated: MDF4 header and finalisation state, MCAP magic, "
         "summary and chunk CRCs, per-file sha256, time span and channel/topic inventory. A file that is not what "
         "it claims fails only its own drive and is moved to the quarantine area with a reason file.",
@@ -234,4 +200,4 @@ def build_raw_drive_assets(market: str) -> list[Any]:
             }
         )
 
-    return [vehicle_dbc, raw_drive]
+    return Definitions(assets=[vehicle_dbc, raw_drive])

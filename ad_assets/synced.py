@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from dagster import (
@@ -11,26 +12,24 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     Config,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
-from ad_assets.partitions import DRIVE_BACKFILL_POLICY, MARKET_FRESHNESS, drive_partitions
-from ad_assets.quality.checks import check_specs, evaluate_rules
-from ad_assets.quality.drift import SIGNAL_SUMMARIES, summarize_drive
-from ad_assets.quality.sync_rules import SYNCED_RULES, sync_tables
-from ad_assets.sync import SyncReport, sync_drive
-from ad_assets.sync.plan import REFERENCE_STREAM, REQUIRED_STREAMS, build_sync_plan, mdf_clock_offset
-from ad_platform.stages import k8s_op_tags
-from ad_resources.lake import Lake, catalog_record_path, decoded_path, registry_path, synced_path
+from ad_assets.checks import check_specs, evaluate_rules
+from ad_assets.stage_asset import stage_asset_args
+from ad_common.lake_layout import DRIVE_SIGNAL_SUMMARIES, FRAMES_FILE, decoded_path, registry_path, synced_path
+from ad_common.stages import LATENESS_CHECK, LATENESS_SLO, SYNCED_FRAMES
+from ad_core.quality.drift import summarize_drive
+from ad_core.quality.sync_rules import SYNCED_RULES, sync_tables
+from ad_core.sync import SyncReport, sync_drive
+from ad_core.sync.plan import REFERENCE_STREAM, REQUIRED_STREAMS, build_sync_plan, mdf_clock_offset
+from ad_resources.lake import Lake
 from ad_resources.landing import LandingZone
 from ad_resources.quality import GreatExpectationsResource
-from ad_sensors.alerts import DEFAULT_LATENESS_SLO, LATENESS_CHECK
-
-SYNCED_GROUP = "synced"
-FRAMES_FILE = "frames.parquet"
 
 
 class SyncSettings(Config):
@@ -60,7 +59,7 @@ def sync_one_drive(
         with lake.local_dir(synced_path(market, drive_id)) as synced_dir:
             # Small per-drive signal summary for the market's drift check (ad_assets/drift.py).
             summary = summarize_drive(synced_dir / FRAMES_FILE, decoded_dir / f"{REFERENCE_STREAM}.parquet", manifest)
-        lake.write_table(catalog_record_path(SIGNAL_SUMMARIES, market, drive_id), summary)
+        lake.write_table(DRIVE_SIGNAL_SUMMARIES.path(market, drive_id), summary)
     return report, plan.present
 
 
@@ -85,7 +84,9 @@ def _metadata(report: SyncReport, lake: Lake, market: str, drive_id: str) -> dic
     }
 
 
-def _lateness(key: AssetKey, lake: Lake, market: str, drive_ids: Iterable[str]) -> AssetCheckResult:
+def _lateness(
+    key: AssetKey, lake: Lake, market: str, drive_ids: Iterable[str], lateness_slo: timedelta
+) -> AssetCheckResult:
     """How long after landing these drives were synced (warn-level: late data is still good data)."""
     now = time.time_ns()
     hours = {
@@ -93,7 +94,7 @@ def _lateness(key: AssetKey, lake: Lake, market: str, drive_ids: Iterable[str]) 
         for d in drive_ids
         if (record := lake.read_json(registry_path(market, d)))
     }
-    late = sorted(d for d, h in hours.items() if h > DEFAULT_LATENESS_SLO.total_seconds() / 3600)
+    late = sorted(d for d, h in hours.items() if h > lateness_slo.total_seconds() / 3600)
     return AssetCheckResult(
         asset_key=key,
         check_name=LATENESS_CHECK,
@@ -103,28 +104,21 @@ def _lateness(key: AssetKey, lake: Lake, market: str, drive_ids: Iterable[str]) 
     )
 
 
-def build_synced_frames_asset(market: str) -> Any:
-    key = AssetKey([market, "synced_frames"])
+def definitions(market: str, lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
+    key = SYNCED_FRAMES.key(market)
 
     @asset(
-        key=key,
-        group_name=SYNCED_GROUP,
-        partitions_def=drive_partitions(market),
-        backfill_policy=DRIVE_BACKFILL_POLICY,
-        freshness_policy=MARKET_FRESHNESS,
-        deps=[AssetKey([market, "decoded_signals"])],
+        **stage_asset_args(SYNCED_FRAMES, market),
         check_specs=[
             *check_specs(key, SYNCED_RULES),
             AssetCheckSpec(
                 LATENESS_CHECK,
                 asset=key,
-                description=f"Synced within {DEFAULT_LATENESS_SLO} of landing; the alert sensor also reports "
+                description=f"Synced within {lateness_slo} of landing; the alert sensor also reports "
                 "drives that never sync.",
             ),
         ],
         kinds={"parquet"},
-        tags={"ad-platform/stage": "sync", "ad-platform/market": market},
-        op_tags=k8s_op_tags("sync"),
         description=f"A {market.upper()} drive as training frames: one row per front-camera frame with the nearest "
         "lidar sweep (row index) and IMU, GNSS and vehicle signals interpolated at the frame time (linear for "
         "continuous signals, previous value for states), each with its sync error and in-tolerance flag "
@@ -139,7 +133,10 @@ def build_synced_frames_asset(market: str) -> Any:
     ) -> MaterializeResult:
         synced = {d: sync_one_drive(landing, lake, market, d, config, context.log) for d in context.partition_keys}
         tables = {d: sync_tables(report, present, REQUIRED_STREAMS) for d, (report, present) in synced.items()}
-        checks = [*evaluate_rules(key, SYNCED_RULES, tables, great_expectations), _lateness(key, lake, market, synced)]
+        checks = [
+            *evaluate_rules(key, SYNCED_RULES, tables, great_expectations),
+            _lateness(key, lake, market, synced, lateness_slo),
+        ]
         if len(synced) == 1:
             ((drive_id, (report, _)),) = synced.items()
             metadata = _metadata(report, lake, market, drive_id)
@@ -147,4 +144,4 @@ def build_synced_frames_asset(market: str) -> Any:
             metadata = {"drives": len(synced), "dagster/row_count": sum(r.frames_written for r, _ in synced.values())}
         return MaterializeResult(metadata=metadata, check_results=checks)
 
-    return synced_frames
+    return Definitions(assets=[synced_frames])

@@ -3,41 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from ad_platform import settings
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+
+from ad_common import settings
+from ad_platform.instance import local_instance
 from ad_resources.catalog import CATALOG_VIEWS
-
-
-def _instance():  # type: ignore[no-untyped-def]
-    from dagster import DagsterInstance
-
-    home = settings.dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        # Local SQLite instance; no telemetry (these machines reach package registries only).
-        config.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
     from ad_platform.definitions import defs
     from ad_platform.runner import outcomes_json, run_once
 
-    outcomes = run_once(defs, _instance(), log=lambda line: print(line, file=sys.stderr))
+    outcomes = run_once(defs, local_instance(), log=lambda line: print(line, file=sys.stderr))
     print(outcomes_json(outcomes))
     return 1 if args.strict and any(o.status == "failed" for o in outcomes) else 0
 
 
 def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, seed: int) -> dict[str, str]:
     """Two deliberately bad drives, so the demo shows what the platform does with them."""
-    from ad_assets.fleetgen import generate_drive
+    from fleetgen import generate_drive
 
     corrupt = landing / market / f"{market}-demo-corrupt-log"
     corrupt.mkdir(parents=True, exist_ok=True)
@@ -51,10 +40,10 @@ def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, s
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ad_assets.fleetgen import generate_fleet
     from ad_platform.definitions import defs
     from ad_platform.runner import refresh_market_assets, run_once, send_alerts_once
     from ad_resources.landing import LocalLandingZone
+    from fleetgen import generate_fleet
 
     landing = settings.landing_dir()
     markets = [m.strip() for m in args.markets.split(",") if m.strip()]
@@ -65,10 +54,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _land_bad_examples(landing, markets[0], args.drives, args.minutes, args.seed) if args.with_bad_drives else {}
     )
     generated = time.monotonic() - started
-    instance = _instance()
+    instance = local_instance()
     outcomes = run_once(defs, instance, log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
     print("  market assets (signal drift per market)")
-    drift_ok = refresh_market_assets(defs, instance, console_log_level="CRITICAL")
+    # The demo's markets hold a handful of drives: half of them form the reference, the rest are compared.
+    drift_run = refresh_market_assets(
+        defs, instance, console_log_level="CRITICAL", reference_drives=max(1, args.drives // 2)
+    )
+    drift_ok = drift_run.success
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
@@ -88,6 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         why = f"  [expected: {expected_failures[o.drive_id]}]" if o.drive_id in expected_failures else ""
         print(f"  FAILED {o.market}/{o.drive_id}: {' '.join((o.error or '').split())}{why}")
     _print_catalog_summary()
+    _print_drift_summary(drift_run)
+    _print_metrics_summary(defs, instance)
     print(
         f"\nlake: {settings.lake_dir()}\n"
         f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
@@ -111,8 +106,41 @@ def _print_catalog_summary() -> None:
         print(f"  {market.upper()}: {drives} drive(s), {streams} stream tables, {total_rows:,} rows")
 
 
+def _print_drift_summary(run: ExecuteInProcessResult) -> None:
+    print("\nsignal drift per market:")
+    checks = {e.asset_key: e for e in run.get_asset_check_evaluations()} if run.success else {}
+    for event in run.get_asset_materialization_events():
+        key, metadata = event.asset_key, event.materialization.metadata
+        check = checks.get(key)
+        verdict = (check.description or check.metadata["status"].value) if check else "no check result"
+        print(
+            f"  {key.path[0].upper()}: compared {metadata['new_drives'].value} new drive(s) against "
+            f"{metadata['reference_drives'].value} reference drive(s): {verdict}"
+        )
+
+
+def _print_metrics_summary(defs: Definitions, instance: DagsterInstance) -> None:
+    """What the Prometheus endpoint (`python -m ad_platform metrics`) reports for the drives, per market."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ad_platform.metrics import render
+
+    wanted = {"ad_drives_landed", "ad_drives_decoded"}
+    counts: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(render(defs, instance)):
+        for sample in family.samples:
+            if sample.name in wanted:
+                counts.setdefault(sample.labels["market"], {})[sample.name] = sample.value
+    print("\nmetrics endpoint (drives per market):")
+    for market, values in sorted(counts.items()):
+        print(
+            f"  {market.upper()}: {values.get('ad_drives_landed', 0):.0f} landed, "
+            f"{values.get('ad_drives_decoded', 0):.0f} decoded"
+        )
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
-    from ad_assets.decode.__main__ import main as decode_main
+    from ad_core.decode.__main__ import main as decode_main
 
     return decode_main(args.rest)
 
@@ -156,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     decode.add_argument("rest", nargs=argparse.REMAINDER)
     decode.set_defaults(func=cmd_decode)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["decode"]:
+        # Everything after `decode` is the decode CLI's own, `--help` included (argparse would claim it).
+        return cmd_decode(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,24 +1,24 @@
-"""The one Definitions object of the platform: every asset, job, sensor and resource is assembled here.
+"""The one Definitions object of the platform: every stage's assets, the jobs, sensors and resources.
 
-Environment differences (local folders vs S3, SQLite vs Postgres) live in the resources chosen here and in
-the instance's dagster.yaml — never in asset bodies.
+Each stage module in ``ad_assets`` exposes ``definitions(market)``; the jobs and the alert sensor's monitored
+keys are derived from the stage table (``ad_common/stages.py``). Environment differences (local folders vs
+S3, SQLite vs Postgres) live in the resources chosen here and in the instance's dagster.yaml — never in
+asset bodies.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from datetime import timedelta
 
-from dagster import AssetKey, AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
+from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets.decoded import build_decoded_signals_asset
-from ad_assets.drift import build_drift_asset
-from ad_assets.markets import MARKETS
-from ad_assets.partitions import MARKET_JOB, ingest_job_name
-from ad_assets.raw import build_raw_drive_assets
-from ad_assets.synced import build_synced_frames_asset
+from ad_assets import decoded, drift, raw, synced
+from ad_common.markets import MARKETS
+from ad_common.stages import JOBS, LATENESS_SLO, JobSpec, alerted_asset_keys, job_asset_keys, stage_run_tags
 from ad_platform.json_logging import platform_loggers
-from ad_platform.stages import stage_run_tags
 from ad_resources.alerts import AlertWebhook
 from ad_resources.quality import GreatExpectationsResource
 from ad_resources.s3 import resources_from_env
@@ -30,39 +30,46 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 warnings.filterwarnings("ignore", message="Function `observable_source_asset`", category=BetaWarning)
 
 
-def build_definitions() -> Definitions:
-    assets, ingest_jobs = [], []
-    for market in MARKETS:
-        vehicle_dbc, raw_drive = build_raw_drive_assets(market)
-        decoded_signals = build_decoded_signals_asset(market)
-        synced_frames = build_synced_frames_asset(market)
-        assets += [vehicle_dbc, raw_drive, decoded_signals, synced_frames, build_drift_asset(market)]
-        ingest_jobs.append(
-            define_asset_job(
-                name=ingest_job_name(market),
-                selection=AssetSelection.assets(raw_drive, decoded_signals, synced_frames),
-                # The run's longest stage sets its queue limit and timeout.
-                tags=stage_run_tags("decode"),
-                description=f"Register, validate, decode and sync {market.upper()} drives (one run per drive from the "
-                "landing sensor; backfills batch drives per run).",
-            )
+def _jobs(spec: JobSpec) -> list[UnresolvedAssetJobDefinition]:
+    markets = [(m,) for m in MARKETS] if spec.per_market else [MARKETS]
+    return [
+        define_asset_job(
+            name=spec.job_name(group[0] if spec.per_market else None),
+            selection=AssetSelection.assets(*job_asset_keys(spec, group)),
+            # The run's longest stage sets its queue limit and timeout.
+            tags=stage_run_tags(spec.run_stage),
+            description=spec.description.format(market=group[0].upper()),
         )
-    # Market-level assets are unpartitioned: one job for all markets, refreshed on a schedule.
-    market_job = define_asset_job(
-        name=MARKET_JOB,
-        selection=AssetSelection.assets(*(AssetKey([m, "signal_drift"]) for m in MARKETS)),
-        tags=stage_run_tags("curate"),
-        description="Per-market assets over all synced drives: the signal drift check against each market's reference.",
-    )
-    alert_sensor = build_alert_sensor(
-        MARKETS, [AssetKey([m, s]) for m in MARKETS for s in ("raw_drive", "decoded_signals", "synced_frames")]
-    )
+        for group in markets
+    ]
+
+
+def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
+    """``lateness_slo`` (landing -> synced frames) is given to both the synced_frames check and the alert sensor."""
+    stages = [
+        stage_defs
+        for market in MARKETS
+        for stage_defs in (
+            raw.definitions(market),
+            decoded.definitions(market),
+            synced.definitions(market, lateness_slo=lateness_slo),
+            drift.definitions(market),
+        )
+    ]
+    jobs = {spec.name: _jobs(spec) for spec in JOBS}
     webhook_url = os.environ.get("AD_ALERT_WEBHOOK_URL")
-    return Definitions(
-        assets=assets,
-        jobs=[*ingest_jobs, market_job],
-        sensors=[build_landing_sensor(ingest_jobs), alert_sensor],
-        schedules=[ScheduleDefinition(job=market_job, cron_schedule="17 * * * *")],
+    platform = Definitions(
+        jobs=[job for group in jobs.values() for job in group],
+        sensors=[
+            build_landing_sensor(jobs["ingest"]),
+            build_alert_sensor(MARKETS, alerted_asset_keys(MARKETS), lateness_slo=lateness_slo),
+        ],
+        schedules=[
+            ScheduleDefinition(job=job, cron_schedule=spec.cron)
+            for spec in JOBS
+            if spec.cron
+            for job in jobs[spec.name]
+        ],
         loggers=platform_loggers(),  # console + structured JSON lines (docs/observability.md)
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={
@@ -72,6 +79,7 @@ def build_definitions() -> Definitions:
             "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
         },
     )
+    return Definitions.merge(*stages, platform)
 
 
 defs = build_definitions()

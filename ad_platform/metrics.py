@@ -58,11 +58,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from ad_assets.markets import MARKETS
+from ad_common.markets import MARKETS
+from ad_common.stages import DECODED_SIGNALS, RAW_DRIVE
+from ad_platform.instance import local_instance
 from ad_resources.lake import Lake
 
-RAW_STAGE = "raw_drive"
-DECODED_STAGE = "decoded_signals"
+RAW_STAGE = RAW_DRIVE.name
+DECODED_STAGE = DECODED_SIGNALS.name
 # Landing → decoded: seconds (a demo drive takes ~5 s; a 4 GB drive behind a queue takes minutes to hours).
 LAG_BUCKETS_S: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 RUN_STATUSES = (
@@ -365,14 +367,8 @@ def serve(port: int, host: str = "127.0.0.1", defs: Definitions | None = None, i
     if defs is None:
         from ad_platform.definitions import defs
     if instance is None:
-        instance = _instance()
+        instance = local_instance()
     return start_http_server(port, addr=host, registry=build_registry(defs, instance))
-
-
-def _instance() -> DagsterInstance:
-    from ad_platform.cli import _instance as cli_instance
-
-    return cli_instance()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -387,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=BetaWarning)  # definitions use beta APIs on purpose
     from ad_platform.definitions import defs
 
-    instance = _instance()
+    instance = local_instance()
     if args.once:
         sys.stdout.write(render(defs, instance))
         return 0

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, SensorResult, build_sensor_context
 
-from ad_assets.partitions import MARKET_JOB
-from ad_platform import settings
+from ad_common import settings
+from ad_common.markets import MARKETS
+from ad_common.stages import MARKET_ASSETS_JOB, SIGNAL_DRIFT
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, evaluate_landing
 
 CURSOR_FILE = "run_once_cursor.json"
@@ -111,14 +112,25 @@ def run_once(
     return outcomes
 
 
-def refresh_market_assets(defs: Definitions, instance: DagsterInstance, console_log_level: str = "WARNING") -> bool:
-    """Materialize the market-level assets (the schedule's job) once, e.g. after a batch of drives."""
-    run = defs.resolve_job_def(MARKET_JOB).execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+def refresh_market_assets(
+    defs: Definitions,
+    instance: DagsterInstance,
+    console_log_level: str = "WARNING",
+    reference_drives: int | None = None,
+) -> ExecuteInProcessResult:
+    """Materialize the market-level assets (the schedule's job) once, e.g. after a batch of drives.
+
+    ``reference_drives`` overrides how many drives form each market's drift reference (the demo's fleet is
+    far smaller than a real market's)."""
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
+    if reference_drives is not None:
+        run_config["ops"] = {
+            SIGNAL_DRIFT.key(m).to_python_identifier(): {"config": {"reference_drives": reference_drives}}
+            for m in MARKETS
+        }
+    return defs.resolve_job_def(MARKET_ASSETS_JOB.name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config
     )
-    return run.success
 
 
 def send_alerts_once(defs: Definitions, instance: DagsterInstance) -> None:

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
-from ad_assets.io.atomic import atomic_dir, atomic_file, write_bytes_atomic
+from ad_common.atomic import atomic_dir, atomic_file, write_bytes_atomic
+from ad_common.lake_layout import is_hidden
 
 
 class Lake(ConfigurableResource):
@@ -46,6 +47,7 @@ class Lake(ConfigurableResource):
         raise NotImplementedError
 
     def list_files(self, relpath: str, suffix: str = "") -> list[str]:
+        """Lake-relative paths of the files under ``relpath``, without hidden ones (see ``lake_layout.is_hidden``)."""
         raise NotImplementedError
 
 
@@ -87,23 +89,5 @@ class LocalLake(Lake):
         folder = self._path(relpath)
         if not folder.is_dir():
             return []
-        return sorted(
-            str(p.relative_to(self.root)) for p in folder.rglob(f"*{suffix}") if p.is_file() and "/." not in str(p)
-        )
-
-
-def registry_path(market: str, drive_id: str) -> str:
-    """Where the registered version of a drive (per-file sha256, sizes, mtimes, landing time) is kept."""
-    return f"registry/{market}/{drive_id}.json"
-
-
-def decoded_path(market: str, drive_id: str) -> str:
-    return f"decoded/{market}/{drive_id}"
-
-
-def synced_path(market: str, drive_id: str) -> str:
-    return f"synced/{market}/{drive_id}"
-
-
-def catalog_record_path(dataset: str, market: str, drive_id: str) -> str:
-    return f"catalog/{dataset}/{market}/{drive_id}.parquet"
+        relpaths = (p.relative_to(self.root).as_posix() for p in folder.rglob(f"*{suffix}") if p.is_file())
+        return sorted(r for r in relpaths if not is_hidden(r))

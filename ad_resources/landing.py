@@ -8,6 +8,7 @@ production) is the resource's business. Folders whose name starts with ``_`` are
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -20,9 +21,12 @@ from typing import Any
 
 from dagster import ConfigurableResource
 
+from ad_common.formats import MANIFEST_NAME
+from ad_common.hashing import sha256_file
+
 DRIVE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 DBC_FOLDER = "_dbc"
-MANIFEST = "drive.json"
+MANIFEST = MANIFEST_NAME
 QUARANTINE_FOLDER = "_quarantine"
 
 
@@ -71,6 +75,17 @@ class LandingZone(ConfigurableResource):
 
     def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
         raise NotImplementedError
+
+    def dbc_version(self, market: str) -> str | None:
+        """Content identity of a market's DBC set: sha256 over the files' names and content hashes."""
+        stats = self.dbc_files(market)
+        if not stats:
+            return None
+        digest = hashlib.sha256()
+        for stat in stats:
+            with self.local_dbc(market, stat.name) as path:
+                digest.update(f"{stat.name}\0{sha256_file(path)}\n".encode())
+        return digest.hexdigest()
 
     def quarantine(self, market: str, drive_id: str, name: str, reason: str) -> str:
         raise NotImplementedError

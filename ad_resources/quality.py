@@ -2,7 +2,7 @@
 
 ``dagster-ge`` only supports GX 0.x, so this small resource runs GX 1.x itself: an ephemeral context, a
 pandas dataframe batch, a validation definition per suite. Expectations run on the small profile tables of
-``ad_assets.quality.profile`` (one row per stream or per signal), never on whole drives.
+``ad_core.quality.profile`` (one row per stream or per signal), never on whole drives.
 """
 
 from __future__ import annotations

@@ -31,9 +31,10 @@ from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from ad_assets.io.atomic import write_bytes_atomic
-from ad_platform import settings
-from ad_resources.catalog import CATALOG_VIEWS, DuckDBCatalog
+from ad_common import settings
+from ad_common.atomic import write_bytes_atomic
+from ad_common.lake_layout import CATALOG_RECORDS, is_hidden
+from ad_resources.catalog import DuckDBCatalog
 from ad_resources.lake import Lake, LocalLake
 from ad_resources.landing import (
     DBC_FOLDER,
@@ -282,8 +283,7 @@ class S3Lake(Lake, S3Location):
         names = []
         for obj in self._objects(self._key(relpath) + "/"):
             rel = obj["Key"][len(root) :]
-            parts = rel.split("/")
-            if rel.endswith(suffix) and parts[-1] != MANIFEST and not any(p.startswith(".") for p in parts):
+            if rel.endswith(suffix) and rel.rsplit("/", 1)[-1] != MANIFEST and not is_hidden(rel):
                 names.append(rel)
         return sorted(names)
 
@@ -336,8 +336,8 @@ class S3MirroredCatalog(DuckDBCatalog):
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        for folder, _reader in CATALOG_VIEWS.values():
-            self.lake.mirror(folder, Path(self.mirror_dir))
+        for record in CATALOG_RECORDS:
+            self.lake.mirror(record.folder, Path(self.mirror_dir))
         with DuckDBCatalog(path=self.path, lake=LocalLake(root=self.mirror_dir)).connect() as con:
             yield con
 
@@ -354,7 +354,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
     """``landing``, ``lake`` and ``catalog`` for this environment.
 
     ``AD_LANDING_URL`` / ``AD_LAKE_URL`` set to ``s3://bucket[/prefix]`` select the S3 backends (endpoint from
-    ``AWS_ENDPOINT_URL`` when set); unset, the local folders of :mod:`ad_platform.settings` are used.
+    ``AWS_ENDPOINT_URL`` when set); unset, the local folders of :mod:`ad_common.settings` are used.
     """
     # Only the endpoint is set here; region and credentials follow boto3's chain (AWS_REGION, IRSA, profiles).
     s3 = S3Resource(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)

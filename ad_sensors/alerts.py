@@ -47,13 +47,13 @@ from dagster import (
     sensor,
 )
 
-from ad_assets.partitions import drive_partitions
+from ad_common.lake_layout import registry_path
+from ad_common.partitions import drive_partitions
+from ad_common.stages import LATENESS_CHECK, LATENESS_SLO, SYNCED_FRAMES
 from ad_resources.alerts import Alert, AlertWebhook
-from ad_resources.lake import Lake, registry_path
+from ad_resources.lake import Lake
 
-LATENESS_CHECK = "drive_lateness"
-SYNCED_ASSET = "synced_frames"
-DEFAULT_LATENESS_SLO = timedelta(hours=6)
+SYNCED_ASSET = SYNCED_FRAMES.name
 # A fresh cursor (new deployment, reset sensor) alerts run failures of the last day only, not all history.
 FIRST_TICK_LOOKBACK = timedelta(hours=24)
 RUN_EVENTS_PER_TICK = 500  # per event type; the cursor carries the rest
@@ -347,7 +347,7 @@ def build_alert_sensor(
     markets: Sequence[str],
     monitored_asset_keys: Iterable[AssetKey],
     *,
-    lateness_slo: timedelta = DEFAULT_LATENESS_SLO,
+    lateness_slo: timedelta = LATENESS_SLO,
 ) -> SensorDefinition:
     """Alerts failed checks of ``monitored_asset_keys``, every failed run, and drives of ``markets`` without
     synced frames ``lateness_slo`` after landing. Needs the ``alert_webhook`` and ``lake`` resources."""

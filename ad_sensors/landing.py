@@ -32,11 +32,12 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets.core.inspect_logs import sha256_file
-from ad_assets.markets import MARKETS
-from ad_assets.partitions import drive_partitions, ingest_job_name
-from ad_assets.raw import LANDED_AT_TAG, dbc_version
-from ad_resources.lake import Lake, registry_path
+from ad_common.hashing import sha256_file
+from ad_common.lake_layout import registry_path
+from ad_common.markets import MARKETS
+from ad_common.partitions import drive_partitions
+from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, VEHICLE_DBC
+from ad_resources.lake import Lake
 from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
 
 DRIVE_VERSION_REASON_TAG = "ad-platform/registration"
@@ -202,11 +203,11 @@ def evaluate_landing(
     # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
     asset_events = []
     for market in markets:
-        version = dbc_version(landing, market)
+        version = landing.dbc_version(market)
         if version and plan.cursor.dbc_versions.get(market) != version:
             asset_events.append(
                 AssetObservation(
-                    AssetKey([market, "vehicle_dbc"]),
+                    AssetKey([market, VEHICLE_DBC]),
                     tags={DATA_VERSION_TAG: version},
                     metadata={"sha256": version},
                 )
@@ -224,7 +225,7 @@ def evaluate_landing(
         run_requests.append(
             RunRequest(
                 run_key=registration.run_key,
-                job_name=ingest_job_name(listing.market),
+                job_name=INGEST_JOB.job_name(listing.market),
                 partition_key=listing.drive_id,
                 tags={LANDED_AT_TAG: str(listing.mtime_ns), DRIVE_VERSION_REASON_TAG: registration.reason},
             )

@@ -1,6 +1,6 @@
 """Ingest benchmark: decode_drive end to end (MDF4 + MCAP -> Parquet) on ~1 GB and ~4 GB drives.
 
-Drives are generated once with ad_assets.fleetgen, sized with ``options_for_size(size_gb, minutes)`` (default
+Drives are generated once with fleetgen, sized with ``options_for_size(size_gb, minutes)`` (default
 320x180 camera; the bytes are lidar points in the MCAP and extra 1 kHz channels in the MF4; 10 minutes for 1 GB,
 20 for 4 GB) and cached under benchmarks/.data/fleetgen_<size>gb (git-ignored), keyed by those options: a cache
 generated with other options is deleted and regenerated. Each size runs in a fresh subprocess that imports the
@@ -34,7 +34,7 @@ BENCH_MINUTES = {1.0: 10.0, 4.0: 20.0}  # drive length per size; bytes come from
 
 def fleetgen_drive(gb: float) -> Path:
     """A fleetgen drive of ~gb GB sized with ``options_for_size`` (default 320x180 camera), cached by options."""
-    from ad_assets.fleetgen import generate_drive, options_for_size
+    from fleetgen import generate_drive, options_for_size
 
     minutes = BENCH_MINUTES.get(gb, max(10.0, round(gb * 5.0, 1)))
     opts = options_for_size(gb, minutes)
@@ -79,7 +79,7 @@ def _child(files: list[str], dbcs: list[str], out: str) -> None:
     import asammdf.blocks.bus_logging_utils
     import asammdf.blocks.utils  # noqa: F401
 
-    from ad_assets.decode import decode_drive
+    from ad_core.decode import decode_drive
 
     t = time.perf_counter()
     rep = decode_drive([Path(f) for f in files], Path(out), [Path(d) for d in dbcs])

@@ -1,4 +1,4 @@
-"""Benchmark ``ad_assets.sync.sync_drive`` on synthetic decoded drives of 10 minutes and 10 hours.
+"""Benchmark ``ad_core.sync.sync_drive`` on synthetic decoded drives of 10 minutes and 10 hours.
 
 Streams: 30 Hz camera (reference, no image payload), 10 Hz lidar sweep index, 200 Hz IMU, 10 Hz GNSS,
 100 Hz vehicle signals (speed, steering and a discrete gear). The Parquet inputs are cached under
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
-    from ad_assets.sync import SyncConfig
+    from ad_core.sync import SyncConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "benchmarks" / ".data" / "sync"
@@ -116,7 +116,7 @@ def generate(hours: float, regenerate: bool = False) -> Path:
 
 
 def _config(folder: Path) -> SyncConfig:
-    from ad_assets.sync import ReferenceSpec, StreamSpec, SyncConfig
+    from ad_core.sync import ReferenceSpec, StreamSpec, SyncConfig
 
     ms = 1_000_000
     v = STREAMS["vehicle"][2]
@@ -152,7 +152,7 @@ def child(hours: float, warmup: bool) -> None:
     # already, so import it up front and report import time apart from the sync itself.
     import pandas  # noqa: F401
 
-    from ad_assets.sync import sync_drive
+    from ad_core.sync import sync_drive
 
     import_s = time.perf_counter() - t_imports
     warmup_s = None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dagster import instance_for_test
+
+from tests.support.platform import LocalPlatform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -15,3 +19,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (the ../shared/data folder beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def local_platform(tmp_path: Path) -> Iterator[LocalPlatform]:
+    """Landing zone + lake + DuckDB catalog under ``<tmp>/.state`` and a real (temporary) Dagster instance."""
+    with instance_for_test() as instance:
+        yield LocalPlatform(tmp_path / ".state", instance)

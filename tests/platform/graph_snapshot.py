@@ -15,6 +15,7 @@ from dagster import Definitions
 def _freshness(policy: Any) -> str | None:
     if policy is None:
         return None
+
     def hours(window: Any) -> float | None:
         return None if window is None else window.to_timedelta().total_seconds() / 3600
 

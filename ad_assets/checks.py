@@ -1,0 +1,94 @@
+"""Run the quality rules on a drive's profiles and turn the outcome into Dagster asset-check results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+
+from ad_core.decode.parquet_out import snake
+from ad_core.quality.profile import SignalProfile, StreamProfile
+from ad_core.quality.rules import QualityRule, profile_tables
+from ad_resources.quality import GreatExpectationsResource, SuiteOutcome
+
+
+def check_specs(asset_key: AssetKey, rules: Sequence[QualityRule]) -> list[AssetCheckSpec]:
+    return [AssetCheckSpec(r.name, asset=asset_key, blocking=r.blocking, description=r.description) for r in rules]
+
+
+def nominal_rates(manifest: Mapping[str, Any] | None) -> dict[str, float]:
+    """Decoded stream name -> nominal rate, from a drive manifest's ``sensors`` section (if the drive has one)."""
+    rates: dict[str, float] = {}
+    for sensor in (manifest or {}).get("sensors", {}).values():
+        stream, hz = sensor.get("stream"), sensor.get("nominal_hz")
+        if not stream or not hz:
+            continue
+        prefix = "mcap__" if str(sensor.get("file", "")).endswith(".mcap") else "mdf__"
+        rates[prefix + snake(stream)] = float(hz)
+    return rates
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, list | dict) else str(value)
+    return text.replace("|", "\\|")[:80]
+
+
+def _failures_markdown(drive_id: str, outcome: SuiteOutcome) -> str:
+    lines = []
+    for failure in outcome.failures:
+        lines.append(
+            f"**{drive_id}** — `{failure.expectation}` on `{failure.column}`: {failure.unexpected_count} row(s)"
+        )
+        if failure.unexpected_rows:
+            header = list(failure.unexpected_rows[0])
+            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(_cell(r[c]) for c in header) + " |" for r in failure.unexpected_rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def decoded_tables(
+    profiles: Mapping[str, tuple[list[StreamProfile], list[SignalProfile]]],
+) -> dict[str, dict[str, pd.DataFrame]]:
+    return {drive: profile_tables(*p) for drive, p in profiles.items()}
+
+
+def evaluate_rules(
+    asset_key: AssetKey,
+    rules: Sequence[QualityRule],
+    tables: Mapping[str, Mapping[str, pd.DataFrame]],
+    gx: GreatExpectationsResource,
+) -> list[AssetCheckResult]:
+    """One result per rule over all drives of the step (one drive per run from the sensor, many in backfills).
+
+    ``tables``: drive -> table name -> the dataframe a rule's expectations run on.
+    """
+    results = []
+    for rule in rules:
+        outcomes = {
+            drive: gx.validate(f"{rule.name}__{drive}", t[rule.table], rule.expectations(), list(rule.id_columns))
+            for drive, t in tables.items()
+        }
+        failed = {d: o for d, o in outcomes.items() if not o.success}
+        metadata: dict[str, Any] = {
+            "drives_checked": len(outcomes),
+            "rows_checked": sum(len(t[rule.table]) for t in tables.values()),
+            "failed_drives": MetadataValue.json(sorted(failed)),
+            "failing_rows": sum(f.unexpected_count for o in failed.values() for f in o.failures),
+        }
+        if failed:
+            metadata["what_failed"] = MetadataValue.md("\n".join(_failures_markdown(d, o) for d, o in failed.items()))
+        results.append(
+            AssetCheckResult(
+                asset_key=asset_key,
+                check_name=rule.name,
+                passed=not failed,
+                severity=AssetCheckSeverity.ERROR if rule.blocking else AssetCheckSeverity.WARN,
+                metadata=metadata,
+                description=rule.description,
+            )
+        )
+    return results

@@ -1,0 +1,168 @@
+"""The lake's layout: every path the platform writes, and the schema of every catalog record.
+
+This module is the one place that knows where things live. Lake backends (local folder, S3) take these
+lake-relative paths; the DuckDB catalog generates its views from :data:`CATALOG_RECORDS` (and dbt's
+sources are checked against it), so a record's columns are declared once, here.
+
+Layout (one folder per record kind, one file per drive, so concurrent runs never contend)::
+
+    registry/<market>/<drive_id>.json                      registered version of a drive (per-file sha256, sizes)
+    decoded/<market>/<drive_id>/<stream>.parquet            decoded_signals: one table per stream
+    synced/<market>/<drive_id>/frames.parquet              synced_frames: one row per reference frame
+    catalog/<record>/<market>/<drive_id>.parquet           per-drive catalog records (below)
+    reference/<market>/signal_reference.parquet            signal_drift: the market's frozen reference
+    reference/<market>/drift_state.json                    signal_drift: drives already evaluated
+    reports/signal_drift/<market>/<run_id>/drift.png       signal_drift: the chart of one evaluation
+
+Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
+:func:`is_hidden` decides that on the lake-relative path, never on the absolute one (the embedded default
+lives under ``.state/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+import pyarrow as pa
+
+FRAMES_FILE = "frames.parquet"
+
+
+def is_hidden(relpath: str) -> bool:
+    """True for a path with any component starting with ``.`` (relative to the lake or landing root)."""
+    return any(part.startswith(".") for part in PurePosixPath(relpath).parts)
+
+
+def registry_path(market: str, drive_id: str) -> str:
+    """Where the registered version of a drive (per-file sha256, sizes, mtimes, landing time) is kept."""
+    return f"{DRIVE_REGISTRY.folder}/{market}/{drive_id}.json"
+
+
+def decoded_path(market: str, drive_id: str) -> str:
+    return f"decoded/{market}/{drive_id}"
+
+
+def synced_path(market: str, drive_id: str) -> str:
+    return f"synced/{market}/{drive_id}"
+
+
+def drift_reference_path(market: str) -> str:
+    return f"reference/{market}/signal_reference.parquet"
+
+
+def drift_state_path(market: str) -> str:
+    return f"reference/{market}/drift_state.json"
+
+
+def drift_report_dir(market: str, run_id: str) -> str:
+    return f"reports/signal_drift/{market}/{run_id}"
+
+
+@dataclass(frozen=True)
+class CatalogRecord:
+    """One kind of per-drive record: a catalog view of the same name reads every market's files."""
+
+    name: str
+    description: str
+    schema: pa.Schema
+    folder: str
+    file_format: Literal["parquet", "json"] = "parquet"
+
+    def path(self, market: str, drive_id: str) -> str:
+        return f"{self.folder}/{market}/{drive_id}.{self.file_format}"
+
+    def market_folder(self, market: str) -> str:
+        return f"{self.folder}/{market}"
+
+
+RAW_FILES = CatalogRecord(
+    name="raw_files",
+    description="One row per file of a registered drive: kind, size, sha256, format version, time span, streams.",
+    folder="catalog/raw_files",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("drive_id", pa.string()),
+            ("drive_version", pa.int64()),
+            ("file", pa.string()),
+            ("kind", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("sha256", pa.string()),
+            ("format_version", pa.string()),
+            ("finalized", pa.bool_()),
+            ("start_ns", pa.int64()),
+            ("end_ns", pa.int64()),
+            ("streams", pa.list_(pa.struct([("name", pa.string()), ("count", pa.int64())]))),
+            ("notes", pa.list_(pa.string())),
+        ]
+    ),
+)
+
+DECODED_STREAMS = CatalogRecord(
+    name="decoded_streams",
+    description="One row per decoded stream of a drive: rows, span, rate, status and its Parquet table.",
+    folder="catalog/decoded_streams",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("drive_id", pa.string()),
+            ("stream", pa.string()),
+            ("kind", pa.string()),
+            ("source_file", pa.string()),
+            ("rows", pa.int64()),
+            ("start_ns", pa.int64()),
+            ("end_ns", pa.int64()),
+            ("rate_hz", pa.float64()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("parquet", pa.string()),
+            ("decoder_version", pa.string()),
+        ]
+    ),
+)
+
+# The signals the drift check summarises (ad_core/quality/drift.py asserts its SIGNALS match these columns).
+DRIFT_HISTOGRAM_COLUMNS = ("speed_kmh_hist", "yaw_rate_dps_hist", "brightness_hist")
+ODD_TAGS = ("road_type", "time_of_day", "weather")
+
+DRIVE_SIGNAL_SUMMARIES = CatalogRecord(
+    name="drive_signal_summaries",
+    description="One row per synced drive: ODD tags and histograms of speed, yaw rate and frame luma (drift input).",
+    folder="catalog/drive_signal_summaries",
+    schema=pa.schema(
+        [
+            ("drive_id", pa.string()),
+            ("market", pa.string()),
+            ("start_time_ns", pa.int64()),
+            *((tag, pa.string()) for tag in ODD_TAGS),
+            ("frames", pa.int64()),
+            ("brightness_frames", pa.int64()),
+            *((column, pa.list_(pa.int32())) for column in DRIFT_HISTOGRAM_COLUMNS),
+            ("fingerprint", pa.string()),
+        ]
+    ),
+)
+
+DRIVE_REGISTRY = CatalogRecord(
+    name="drive_registry",
+    description="The registered version of every drive: content fingerprint, landing time, per-file sha256.",
+    folder="registry",
+    file_format="json",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("drive_id", pa.string()),
+            ("version", pa.int64()),
+            ("fingerprint", pa.string()),
+            ("landed_at_ns", pa.int64()),
+            ("registered_at_ns", pa.int64()),
+            ("total_bytes", pa.int64()),
+            # file name -> {sha256, size, mtime_ns}; DuckDB reads it as a STRUCT keyed by the drive's file names.
+            ("files", pa.string()),
+        ]
+    ),
+)
+
+CATALOG_RECORDS: tuple[CatalogRecord, ...] = (RAW_FILES, DECODED_STREAMS, DRIVE_SIGNAL_SUMMARIES, DRIVE_REGISTRY)

@@ -1,0 +1,199 @@
+"""Cheap structural validation and inventory of raw drive logs (MDF4, MCAP, manifests).
+
+"Cheap" means: headers, block structure, summaries and checksums — never decoding the signal data.
+Anything that is not what its name claims raises :class:`InvalidLogError` naming the file and the reason,
+so the asset can quarantine exactly that file and fail only its own drive.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ad_common.formats import CANEDGE_CONTAINER, GIT_LFS_POINTER, LogKind, classify
+from ad_common.hashing import sha256_file
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"  # the full MCAP v0 magic: a damaged line ending fails here
+MDF_MAGIC = b"MDF     "
+MDF_UNFINALIZED_MAGIC = b"UnFinMF "  # what loggers write until they finalise a file
+
+__all__ = ["InvalidLogError", "LogInventory", "LogKind", "classify", "inspect_file", "sha256_file"]
+
+
+class InvalidLogError(Exception):
+    """A raw log file is not what it claims to be, or is damaged."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class LogInventory:
+    """What a raw file holds, as recorded in asset metadata and the catalog."""
+
+    name: str
+    kind: LogKind
+    size_bytes: int
+    sha256: str = ""
+    format_version: str = ""
+    start_ns: int | None = None
+    end_ns: int | None = None
+    finalized: bool | None = None
+    streams: dict[str, int] = field(default_factory=dict)  # channel group / topic -> samples or messages
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_ns is None or self.end_ns is None:
+            return None
+        return (self.end_ns - self.start_ns) / 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sniff(path: Path, expected: tuple[bytes, ...], what: str) -> bytes:
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(GIT_LFS_POINTER):
+        raise InvalidLogError(path, f"is a Git LFS pointer, not {what} (fetch the real file with `git lfs pull`)")
+    if head.startswith(CANEDGE_CONTAINER):
+        raise InvalidLogError(
+            path,
+            f"is a CANedge compressed/encrypted container (.MFC/.MFE/.MFM), not plain {what}; "
+            "convert it with the vendor's mdf2finalized/decrypt tool first",
+        )
+    if not head.startswith(expected):
+        wanted = " or ".join(repr(magic) for magic in expected)
+        raise InvalidLogError(path, f"is not {what}: magic bytes are {head[:8]!r}, expected {wanted}")
+    return head
+
+
+def _group_name(channel_group: Any) -> str:
+    # MDF4 groups carry an acquisition name or source; MDF3 groups only a comment.
+    source = getattr(channel_group, "acq_source", None)
+    return (
+        getattr(channel_group, "acq_name", "")
+        or (source.name if source is not None else "")
+        or getattr(channel_group, "comment", "")
+    )
+
+
+def inspect_mdf4(path: Path) -> LogInventory:
+    """Header, finalisation state and channel-group inventory of an MDF4 file via asammdf."""
+    head = _sniff(path, (MDF_MAGIC, MDF_UNFINALIZED_MAGIC), "an ASAM MDF file")
+    version = head[8:16].decode("ascii", "replace").strip()
+    inventory = LogInventory(path.name, "mdf4", path.stat().st_size, format_version=version)
+    if version.startswith("4"):
+        # IDBLOCK id_unfin_flags / id_custom_unfin_flags: non-zero while a logger has not finalised the file.
+        unfin, custom_unfin = struct.unpack_from("<HH", head, 60)
+        inventory.finalized = head[0:8] == MDF_MAGIC and unfin == 0 and custom_unfin == 0
+        if not inventory.finalized:
+            inventory.notes.append(f"unfinalized (flags 0x{unfin:04x}/0x{custom_unfin:04x}), as loggers leave files")
+
+    from asammdf import MDF  # heavy import, kept local so the sensor process does not pay it
+
+    try:
+        with MDF(path) as mdf:
+            start_ns = int(mdf.header.start_time.timestamp() * 1e9)
+            first, last = None, None
+            for index, group in enumerate(mdf.groups):
+                channel_group = group.channel_group
+                name = _group_name(channel_group) or f"group_{index}"
+                inventory.streams[f"{index}:{name}"] = int(channel_group.cycles_nr)
+                if channel_group.cycles_nr:
+                    master = mdf.get_master(index)
+                    if len(master):
+                        first = float(master[0]) if first is None else min(first, float(master[0]))
+                        last = float(master[-1]) if last is None else max(last, float(master[-1]))
+    except InvalidLogError:
+        raise
+    except Exception as exc:  # asammdf raises MdfException, but also bare struct.error/ValueError/IndexError
+        raise InvalidLogError(path, f"MDF structure unreadable ({type(exc).__name__}: {exc})") from exc
+    inventory.start_ns = start_ns + int((first or 0.0) * 1e9)
+    inventory.end_ns = start_ns + int((last or 0.0) * 1e9)
+    if not inventory.streams:
+        inventory.notes.append("no channel groups")
+    return inventory
+
+
+def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:
+    """Magic, summary, topic inventory and (optionally) every chunk's CRC of an MCAP file."""
+    from mcap.exceptions import McapError
+    from mcap.reader import make_reader
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader, get_chunk_data_stream
+
+    _sniff(path, (MCAP_MAGIC,), "an MCAP file")
+    with open(path, "rb") as fh:
+        fh.seek(-len(MCAP_MAGIC), 2)
+        if fh.read() != MCAP_MAGIC:
+            raise InvalidLogError(path, "truncated: the closing MCAP magic is missing (file cut before its footer)")
+    inventory = LogInventory(path.name, "mcap", path.stat().st_size)
+    try:
+        with open(path, "rb") as fh:
+            reader = make_reader(fh)
+            header = reader.get_header()
+            inventory.format_version = f"profile={header.profile or '-'} library={header.library or '-'}"
+            summary = reader.get_summary()
+        if summary is None:
+            inventory.notes.append("no summary section (unindexed); decode will stream the whole file")
+        else:
+            counts = summary.statistics.channel_message_counts if summary.statistics else {}
+            for channel_id, channel in sorted(summary.channels.items()):
+                schema = summary.schemas.get(channel.schema_id)
+                key = f"{channel.topic} [{channel.message_encoding}/{schema.name if schema else '-'}]"
+                inventory.streams[key] = int(counts.get(channel_id, 0))
+            if summary.statistics and summary.statistics.message_count:
+                inventory.start_ns = int(summary.statistics.message_start_time)
+                inventory.end_ns = int(summary.statistics.message_end_time)
+        if validate_crcs:
+            chunks = 0
+            with open(path, "rb") as fh:
+                for record in StreamReader(fh, emit_chunks=True, validate_crcs=True).records:
+                    if isinstance(record, Chunk):
+                        get_chunk_data_stream(record, validate_crc=True)
+                        chunks += 1
+            inventory.notes.append(f"{chunks} chunk CRCs valid")
+    except InvalidLogError:
+        raise
+    except (McapError, ValueError, struct.error, EOFError, OSError) as exc:
+        raise InvalidLogError(path, f"MCAP damaged ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        raise InvalidLogError(path, f"MCAP unreadable ({type(exc).__name__}: {exc})") from exc
+    return inventory
+
+
+def inspect_manifest(path: Path) -> LogInventory:
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidLogError(path, f"drive manifest is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise InvalidLogError(path, "drive manifest must be a JSON object")
+    inventory = LogInventory(path.name, "manifest", path.stat().st_size)
+    if isinstance(manifest.get("start_time_ns"), int):
+        inventory.start_ns = manifest["start_time_ns"]
+        if isinstance(manifest.get("duration_s"), int | float):
+            inventory.end_ns = inventory.start_ns + int(manifest["duration_s"] * 1e9)
+    return inventory
+
+
+def inspect_file(path: Path) -> LogInventory:
+    """Validate one landed file by its kind and return its inventory, with its content sha256."""
+    kind = classify(path)
+    if kind == "mdf4":
+        inventory = inspect_mdf4(path)
+    elif kind == "mcap":
+        inventory = inspect_mcap(path)
+    elif kind == "manifest":
+        inventory = inspect_manifest(path)
+    else:
+        inventory = LogInventory(path.name, kind, path.stat().st_size)
+    inventory.sha256 = sha256_file(path)
+    return inventory
