@@ -1,0 +1,195 @@
+"""Decode one drive: its MDF4 (incl. raw CAN + DBC) and MCAP files -> one Parquet file per stream."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from ad_common.formats import sniff
+from ad_common.hashing import sha256_file
+
+from .can import CanDecoder
+from .mcap_reader import McapDecoder
+from .mdf import decode_mdf
+from .parquet_out import SinkManager
+from .report import DecodeError, DriveDecodeReport
+from .version import DECODER_VERSION
+
+
+def sniff_format(path: Path) -> str:
+    """'mdf' or 'mcap' from the file's magic bytes; raises DecodeError naming what the file is instead."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise DecodeError(f"{path.name}: cannot open: {exc}", file=str(path)) from exc
+    kind, why = sniff(head)
+    if kind is None:
+        raise DecodeError(f"{path.name}: not an MDF or MCAP file: {why}", file=str(path))
+    return kind
+
+
+_GC_LOCK = threading.Lock()
+_GC_STATE: dict[str, object] = {"depth": 0, "saved": None}
+GC_GEN0_THRESHOLD = 50_000
+
+
+@contextlib.contextmanager
+def _relaxed_gc() -> object:
+    """Raise the generation-0 GC threshold while a drive decodes (restored afterwards).
+
+    Decoding allocates millions of short-lived tuples/dicts (message offsets, rows); with the default threshold
+    (700) the collector runs thousands of times and its full passes walk every object of asammdf/pandas/sympy:
+    ~0.4 s per GB. Collection still happens, just less often."""
+    with _GC_LOCK:
+        if _GC_STATE["depth"] == 0:
+            saved = gc.get_threshold()
+            _GC_STATE["saved"] = saved
+            gc.set_threshold(max(saved[0], GC_GEN0_THRESHOLD), *saved[1:])
+        _GC_STATE["depth"] = int(_GC_STATE["depth"]) + 1  # type: ignore[call-overload]
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_STATE["depth"] = int(_GC_STATE["depth"]) - 1  # type: ignore[call-overload]
+            if _GC_STATE["depth"] == 0 and _GC_STATE["saved"] is not None:
+                gc.set_threshold(*_GC_STATE["saved"])  # type: ignore[misc]
+
+
+def decode_drive(
+    inputs: Sequence[Path],
+    out_dir: Path,
+    dbc_files: Sequence[Path] = (),
+    *,
+    log: Callable[[str], None] | None = None,
+) -> DriveDecodeReport:
+    """Decode one drive's files into ``out_dir`` (an existing, empty folder; the caller makes it atomic).
+
+    Raises DecodeError when none of the files could be decoded at all. Per-file and per-stream problems are
+    recorded in ``report.errors`` and in the stream reports (status ``skipped`` / ``salvaged``).
+    """
+    with _relaxed_gc():
+        return _decode_drive(inputs, out_dir, dbc_files, log)
+
+
+def _decode_drive(
+    inputs: Sequence[Path], out_dir: Path, dbc_files: Sequence[Path], log: Callable[[str], None] | None
+) -> DriveDecodeReport:
+    t0 = time.perf_counter()
+    logf = log or (lambda _m: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted({Path(p) for p in inputs}, key=lambda p: (p.name, str(p)))
+    if not files:
+        raise DecodeError("no input files given")
+    names = [p.name for p in files]
+    if len(set(names)) != len(names):
+        raise DecodeError(f"input file names must be unique within a drive: {names}")
+    report = DriveDecodeReport(files=[str(p) for p in files])
+    report.bytes_in = sum(p.stat().st_size for p in files if p.exists())
+
+    failed: list[str] = []
+    kinds: dict[Path, str] = {}
+    for p in files:
+        try:
+            kinds[p] = sniff_format(p)
+        except DecodeError as exc:
+            failed.append(str(exc))
+    # MCAP files are hashed by their reader as they are read (no second pass); the others here, beside decoding
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    hashes: dict[str, Future[str]] = {
+        p.name: hasher.submit(sha256_file, p) for p in files if p.exists() and kinds.get(p) != "mcap"
+    }
+    manager = SinkManager(out_dir)
+    can_holder: list[CanDecoder] = []
+    try:
+        base_meta = {"decoder_version": DECODER_VERSION}
+        mdf_sinks: list = []
+        mdf_errors: list[str] = []
+        mdf_failed: list[str] = []
+
+        def run_mdf() -> None:
+            # DBC parsing and MDF reading import asammdf (~1 s): that happens here, beside the MCAP decoding
+            can_holder.append(CanDecoder([Path(d) for d in dbc_files], manager, DECODER_VERSION))
+            can = can_holder[0]
+            for p in (p for p in files if kinds.get(p) == "mdf"):
+                t1 = time.perf_counter()
+                try:
+                    sinks, skipped, errs = decode_mdf(p, manager, can, base_meta, logf)
+                except DecodeError as exc:
+                    mdf_failed.append(str(exc))
+                    continue
+                except Exception as exc:
+                    mdf_failed.append(f"{p.name}: {type(exc).__name__}: {exc}")
+                    continue
+                mdf_sinks.extend((p, s) for s in sinks)
+                report.streams.extend(skipped)
+                mdf_errors.extend(errs)
+                dt = time.perf_counter() - t1
+                logf(f"{p.name}: MDF read in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+
+        # MDF and MCAP decode concurrently (zstd, crc32, numpy copies and the Parquet writer release the GIL)
+        mdf_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdf-decode")
+        mdf_future = mdf_thread.submit(run_mdf)
+        mcap = McapDecoder(manager, DECODER_VERSION, logf)
+        mcap_errors: list[str] = []
+        try:
+            for p in (p for p in files if kinds.get(p) == "mcap"):
+                t1 = time.perf_counter()
+                try:
+                    n, note = mcap.read_file(p, base_meta)
+                except DecodeError as exc:
+                    failed.append(str(exc))
+                    continue
+                if note:
+                    mcap_errors.append(note)
+                dt = time.perf_counter() - t1
+                logf(f"{p.name}: {n} MCAP messages in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+        finally:
+            mdf_thread.shutdown(wait=True)
+        mdf_future.result()  # re-raises a DBC that cannot be loaded
+        can = can_holder[0]
+        failed[:0] = mdf_failed
+        report.errors.extend(mdf_errors + mcap_errors)
+        for p in files:  # MCAP files not read to the end (salvaged, failed) are hashed separately
+            if kinds.get(p) == "mcap" and p.name not in mcap.sha256 and p.exists():
+                hashes[p.name] = hasher.submit(sha256_file, p)
+        file_hashes = {k: f.result() for k, f in hashes.items()}
+        file_hashes.update(mcap.sha256)
+        for p, s in mdf_sinks:
+            r = s.close({"source_file": p.name, "source_sha256": file_hashes.get(p.name, "")})
+            report.streams.append(r)
+        report.streams.extend(can.close(file_hashes))
+        report.streams.extend(mcap.close(file_hashes))
+        if can and can.unknown_ids:
+            ids = sorted(can.unknown_ids)
+            shown = ", ".join(f"CAN{b} 0x{i:X}" for b, i, _e in ids[:20])
+            more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""
+            report.errors.append(f"{len(ids)} CAN ids not in the DBC(s) were not decoded: {shown}{more}")
+    finally:
+        manager.shutdown()
+        hasher.shutdown(wait=True)
+    # streams that produced no file (e.g. an MDF group without samples)
+    report.streams = sorted((s for s in report.streams if s.rows or s.status != "ok"), key=lambda s: s.name)
+    report.errors = failed + report.errors
+    decoded_files = [p for p in files if kinds.get(p) and not any(e.startswith(f"{p.name}:") for e in failed)]
+    if not decoded_files:
+        raise DecodeError("no input could be decoded: " + "; ".join(failed))
+    report.seconds = time.perf_counter() - t0
+    logf(
+        f"decoded {len(files)} files, {report.bytes_in / 1e6:.1f} MB in {report.seconds:.2f} s "
+        f"({report.bytes_in / 1e6 / max(report.seconds, 1e-9):.0f} MB/s), {len(report.streams)} streams"
+    )
+    return report
+
+
+def decode_file(
+    path: Path, out_dir: Path, dbc_files: Sequence[Path] = (), *, log: Callable[[str], None] | None = None
+) -> DriveDecodeReport:
+    """Decode a single file (a one-file drive)."""
+    return decode_drive([Path(path)], out_dir, dbc_files, log=log)
