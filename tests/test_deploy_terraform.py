@@ -237,18 +237,26 @@ _BUCKET_COMPANIONS = (
 
 def unprotected_buckets(storage: dict[str, list[Any]]) -> list[str]:
     """`bucket.<name>: missing <companion>` for every bucket without encryption, versioning, public access
-    block, (TLS-only) policy or lifecycle rule. A companion covers a bucket by for_each over it or by id."""
+    block, (TLS-only) policy or lifecycle rule. For the for_each bucket each of its keys must be covered:
+    by a companion with the same for_each, or one naming ``aws_s3_bucket.this["<key>"]``."""
     problems = []
-    for name in _blocks(storage, "resource", "aws_s3_bucket"):
+    keys = list(_locals(storage).get("buckets", {}))
+    for name, body in _blocks(storage, "resource", "aws_s3_bucket").items():
+        per_key = body.get("for_each") == "${local.buckets}"
         for companion in _BUCKET_COMPANIONS:
-            covers = [
-                body
-                for body in _blocks(storage, "resource", companion).values()
-                if body.get("for_each") == f"${{aws_s3_bucket.{name}}}"
-                or body.get("bucket") == f"${{aws_s3_bucket.{name}.id}}"
-            ]
-            if not covers:
-                problems.append(f"bucket.{name}: missing {companion}")
+            refs = set()
+            for comp in _blocks(storage, "resource", companion).values():
+                bucket = str(comp.get("bucket", ""))
+                if (
+                    per_key
+                    and comp.get("for_each") == "${local.buckets}"
+                    and f"aws_s3_bucket.{name}[each.key]" in bucket
+                ):
+                    refs |= set(keys)
+                elif m := re.fullmatch(rf'\$\{{aws_s3_bucket\.{name}(?:\["(\w+)"\])?\.id\}}', bucket):
+                    refs.add(m.group(1) or "")
+            wanted = set(keys) if per_key else {""}
+            problems += [f"bucket.{name}{f'[{k}]' if k else ''}: missing {companion}" for k in sorted(wanted - refs)]
     return problems
 
 
@@ -547,6 +555,12 @@ def test_planted_bucket_without_encryption() -> None:
     storage = _clean(hcl2.loads(text[:start] + text[end:]))
     assert unprotected_buckets(storage) == [
         "bucket.access_logs: missing aws_s3_bucket_server_side_encryption_configuration"
+    ]
+    no_lake_rule = text.replace(
+        'resource "aws_s3_bucket_lifecycle_configuration" "lake"', 'resource "null_resource" "lake"'
+    )
+    assert unprotected_buckets(_clean(hcl2.loads(no_lake_rule))) == [
+        "bucket.this[lake]: missing aws_s3_bucket_lifecycle_configuration"
     ]
     planted = _clean(hcl2.loads(text + '\nresource "aws_s3_bucket" "scratch" {\n  bucket = "x"\n}\n'))
     assert [p for p in unprotected_buckets(planted) if "scratch" in p] == [

@@ -37,3 +37,8 @@ variable "db_multi_az" {
   description = "RDS Multi-AZ."
   type        = bool
 }
+
+variable "availability_zones" {
+  description = "Availability zones of the VPC subnets."
+  type        = list(string)
+}

@@ -54,6 +54,7 @@ module "platform" {
   source             = "../../modules/platform"
   name               = var.name
   vpc_cidr           = var.vpc_cidr
+  availability_zones = var.availability_zones
   cpu_max_size       = var.cpu_max_size
   gpu_max_size       = var.gpu_max_size
   gpu_instance_types = var.gpu_instance_types

@@ -6,3 +6,4 @@ gpu_max_size       = 2
 gpu_instance_types = ["g5.4xlarge"]
 db_instance_class  = "db.m6g.large"
 db_multi_az        = true
+availability_zones = ["eu-central-1a", "eu-central-1b", "eu-central-1c"]

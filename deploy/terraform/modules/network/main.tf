@@ -18,10 +18,9 @@ variable "cidr" {
   default     = "10.40.0.0/16"
 }
 
-variable "az_count" {
-  description = "Availability zones used (EKS needs at least two)."
-  type        = number
-  default     = 3
+variable "availability_zones" {
+  description = "Availability zones by name (EKS needs at least two); explicit so a new AZ never moves subnets."
+  type        = list(string)
 }
 
 variable "kms_key_arn" {
@@ -35,14 +34,10 @@ variable "flow_log_retention_days" {
   default     = 365
 }
 
-data "aws_availability_zones" "available" {
-  state = "available"
-}
-
 data "aws_region" "current" {}
 
 locals {
-  azs = slice(data.aws_availability_zones.available.names, 0, var.az_count)
+  azs = var.availability_zones
 }
 
 resource "aws_vpc" "this" {

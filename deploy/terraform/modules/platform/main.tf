@@ -14,10 +14,11 @@ module "kms" {
 }
 
 module "network" {
-  source      = "../network"
-  name        = var.name
-  cidr        = var.vpc_cidr
-  kms_key_arn = module.kms.key_arn
+  source             = "../network"
+  name               = var.name
+  cidr               = var.vpc_cidr
+  availability_zones = var.availability_zones
+  kms_key_arn        = module.kms.key_arn
 }
 
 module "eks" {

@@ -44,3 +44,8 @@ variable "db_multi_az" {
   type        = bool
   default     = true
 }
+
+variable "availability_zones" {
+  description = "Availability zones of the VPC subnets."
+  type        = list(string)
+}
