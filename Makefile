@@ -85,7 +85,7 @@ checkov:
 	  || { rm -rf $(DEPLOY_VENV); echo "SKIPPED checkov: checkov==$(CHECKOV_VERSION) could not be installed"; exit 0; }; \
 	fi; \
 	if [ -f $(CHECKOV_STAMP) ]; then \
-	  $(DEPLOY_VENV)/bin/checkov --quiet --compact --framework terraform -d deploy/terraform; fi
+	  $(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform -d deploy/terraform; fi
 
 clean:
 	rm -rf $(AD_STATE_DIR)
