@@ -648,6 +648,16 @@ def test_lock_agrees_with_pyproject(lock_file: str) -> None:
     assert "make lock" in text  # the header names the one command that regenerates it
 
 
+@pytest.mark.parametrize("lock_file", sorted(LOCKS))
+def test_lock_has_no_cuda_build(lock_file: str) -> None:
+    """pip-compile reads pip's configuration, so with torch added it picks the local CPU wheel (2.13.0+cpu),
+    never the CUDA build and its GBs of nvidia-* packages (uv would, see the field notes)."""
+    lock = parse_lock((REPO_ROOT / lock_file).read_text())
+    assert sorted(n for n in lock if n.startswith("nvidia-")) == []
+    if "torch" in lock:
+        assert lock["torch"][0].endswith("+cpu"), lock["torch"]
+
+
 def test_runtime_lock_is_the_dev_locks_subset() -> None:
     """Same code version, same libraries: the image (requirements.lock) and the venv pin identical versions."""
     runtime = parse_lock((REPO_ROOT / "requirements.lock").read_text())
