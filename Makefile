@@ -4,6 +4,9 @@ PYTHON_BIN ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every transitive dependency pinned with hashes (`make lock`); requirements.lock is the runtime subset (image).
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
 
 # Embedded default: every piece of state lives in the git-ignored .state/ folder.
 export AD_STATE_DIR ?= $(CURDIR)/.state
@@ -15,15 +18,26 @@ DEMO_DRIVES ?= 2
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 2
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor clean
+.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor clean lock deploy-check checkov
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# --no-deps: the lock is the whole set (pip and setuptools included); pip check proves it is complete.
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(DEV_LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Regenerate both locks after editing pyproject.toml (existing pins are kept; LOCK_ARGS=--upgrade moves them).
+# pip-compile reads pip's own configuration, so a local find-links folder (CPU torch wheel) is honoured
+# without its path being written into the lock.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+lock: $(STAMP)
+	$(PIP_COMPILE) --extra dev -o $(DEV_LOCK) pyproject.toml
+	$(PIP_COMPILE) -c $(DEV_LOCK) -o $(LOCK) pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m ad_platform demo --drives $(DEMO_DRIVES) --markets $(DEMO_MARKETS) --minutes $(DEMO_MINUTES)
@@ -53,6 +67,26 @@ bench-sync: $(STAMP)
 
 bench-sensor: $(STAMP)
 	$(PY) benchmarks/bench_sensor_postgres.py
+
+# Every offline deploy check: Kubernetes manifests, Helm values, Terraform (fmt, HCL cross-checks, checkov).
+deploy-check: $(STAMP)
+	@if command -v terraform >/dev/null 2>&1; then terraform fmt -check -recursive deploy/terraform; \
+	else echo "SKIPPED terraform fmt: no terraform binary on PATH"; fi
+	$(PY) -m pytest -rs -q tests/deploy/test_k8s.py tests/deploy/test_terraform.py
+	@$(MAKE) --no-print-directory checkov
+
+# checkov in its own venv: its many dependencies never move the platform's pins. Created once (stamp).
+DEPLOY_VENV := .venv-deploy
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := $(DEPLOY_VENV)/.checkov-$(CHECKOV_VERSION)
+checkov:
+	@if [ ! -f $(CHECKOV_STAMP) ]; then \
+	  rm -rf $(DEPLOY_VENV) && $(PYTHON_BIN) -m venv $(DEPLOY_VENV) \
+	  && $(DEPLOY_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION) && touch $(CHECKOV_STAMP) \
+	  || { rm -rf $(DEPLOY_VENV); echo "SKIPPED checkov: checkov==$(CHECKOV_VERSION) could not be installed"; exit 0; }; \
+	fi; \
+	if [ -f $(CHECKOV_STAMP) ]; then \
+	  $(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform -d deploy/terraform; fi
 
 clean:
 	rm -rf $(AD_STATE_DIR)

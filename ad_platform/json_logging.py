@@ -2,8 +2,15 @@
 
 Fields: ``timestamp`` (UTC ISO 8601), ``level``, ``logger``, ``message`` (the message as logged, without
 Dagster's ``job - run_id - step -`` prefix), ``run_id``, ``job``, ``step``, ``asset_key`` (or ``asset_keys``
-for a multi-asset step), ``partition`` (or ``partition_range`` for a batched backfill run), ``event_type``
-(Dagster event, e.g. ``ASSET_MATERIALIZATION``) and ``exc_info`` for exceptions. Absent values are omitted.
+for a multi-asset step), ``partition`` (or ``partition_range`` for a batched backfill run) and ``drive`` (the same
+key: drive assets are partitioned by drive id), ``market`` (the asset key's first part, ``de/raw_drive`` -> ``de``),
+``event_type`` (Dagster event, e.g. ``ASSET_MATERIALIZATION``), ``error`` (a failure event's error and cause
+chain) and ``exc_info`` for exceptions. Absent values are
+omitted. Messages and tracebacks are redacted (:func:`redact`): URL credentials, http(s) URL paths and queries
+(webhook URLs are secrets), ``password=...``-style pairs and the values of known secret environment variables.
+
+``AD_LOG_FORMAT=json`` turns the ``console`` logger of :func:`platform_loggers` into this formatter too, so local
+runs and Kubernetes run/step pods (the Helm values set it) print JSON lines without any run config.
 
 Two ways to switch it on:
 
@@ -32,6 +39,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -43,6 +52,33 @@ from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+LOG_FORMAT_ENV = "AD_LOG_FORMAT"
+REDACTED = "***"
+# Environment variables whose values never appear in a log line, wherever they are quoted.
+SECRET_ENV_VARS = ("AD_ALERT_WEBHOOK_URL", "DAGSTER_PG_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+# http(s) paths and queries carry webhook tokens (Slack /services/T../B../xxx) and presigned signatures.
+_HTTP_PATH = re.compile(r"\b(https?://[^/\s?#'\"]+)[/?#][^\s'\"]*")
+_SECRET_PAIR = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|signature)(\s*[=:]\s*)[^\s,;&'\"]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials removed: secret env values, URL user:password, http(s) paths/queries, key=value."""
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, REDACTED)
+    text = _USERINFO.sub(rf"\1{REDACTED}@", text)
+    text = _HTTP_PATH.sub(rf"\1/{REDACTED}", text)
+    return _SECRET_PAIR.sub(rf"\1\2{REDACTED}", text)
+
+
+def json_console_enabled() -> bool:
+    """``AD_LOG_FORMAT=json``: the console logger writes JSON lines (anything else: Dagster's colored console)."""
+    return os.environ.get(LOG_FORMAT_ENV, "").strip().lower() == "json"
 
 
 def _asset_keys_by_step(job_def: Any) -> dict[str, list[str]]:
@@ -71,26 +107,36 @@ class JsonLineFormatter(logging.Formatter):
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": meta.get("orig_message") if meta.get("orig_message") is not None else record.getMessage(),
+            "message": redact(
+                str(meta["orig_message"] if meta.get("orig_message") is not None else record.getMessage())
+            ),
             "run_id": meta.get("run_id"),
             "job": meta.get("job_name"),
             "step": meta.get("step_key"),
         }
         tags: Mapping[str, str] = meta.get("job_tags") or {}
         if PARTITION_TAG in tags:
-            line["partition"] = tags[PARTITION_TAG]
+            line["partition"] = line["drive"] = tags[PARTITION_TAG]
         elif RANGE_START_TAG in tags:
             line["partition_range"] = [tags[RANGE_START_TAG], tags.get(RANGE_END_TAG)]
         event = meta.get("dagster_event")
         if event is not None:
             line["event_type"] = event.event_type_value
+            # STEP_FAILURE/RUN_FAILURE messages say only "failed": the error (with its cause chain) is the event's.
+            error = getattr(getattr(event, "event_specific_data", None), "error", None)
+            if error is not None and hasattr(error, "to_string"):
+                line["error"] = redact(error.to_string())
         keys = self._asset_keys(meta.get("step_key"), event)
         if len(keys) == 1:
             line["asset_key"] = keys[0]
         elif keys:
             line["asset_keys"] = keys
+        # Assets are keyed <market>/<name>: one market per step, also for multi-asset steps.
+        markets = {k.split("/", 1)[0] for k in keys if "/" in k}
+        if len(markets) == 1:
+            line["market"] = markets.pop()
         if record.exc_info:
-            line["exc_info"] = self.formatException(record.exc_info)
+            line["exc_info"] = redact(self.formatException(record.exc_info))
         return {k: v for k, v in line.items() if v is not None}
 
     def _asset_keys(self, step_key: str | None, event: Any) -> list[str]:
@@ -128,5 +174,8 @@ def json_logger(init_context: InitLoggerContext) -> logging.Logger:
 
 def platform_loggers() -> dict[str, LoggerDefinition]:
     """The loggers for ``Definitions(loggers=...)``: ``console`` must stay, because a job's logger set replaces
-    Dagster's default one and run configs (``ad_platform/runner.py``) configure ``console`` by name."""
-    return {"console": colored_console_logger, "json": json_logger}
+    Dagster's default one and run configs (``ad_platform/runner.py``) configure ``console`` by name.
+
+    With ``AD_LOG_FORMAT=json`` (read when the Definitions are built) ``console`` is the JSON logger: same
+    config keys (``log_level``), stderr like the colored one."""
+    return {"console": json_logger if json_console_enabled() else colored_console_logger, "json": json_logger}

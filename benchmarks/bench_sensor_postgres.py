@@ -19,12 +19,11 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, SensorResult, build_sensor_context
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from postgres_server import running_postgres  # noqa: E402
-
+sys.path.insert(0, str(REPO))
 from ad_resources.lake import LocalLake  # noqa: E402
 from ad_resources.landing import LocalLandingZone  # noqa: E402
 from ad_sensors.landing import evaluate_landing  # noqa: E402
+from tests.support.postgres_server import running_postgres  # noqa: E402
 
 
 def land(root: Path, drives: int) -> None:

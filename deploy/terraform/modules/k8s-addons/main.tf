@@ -1,0 +1,140 @@
+# In-cluster pieces Terraform owns: the namespace, the Kubernetes secrets the Helm values name, service
+# accounts of the GPU stages (the chart creates only its own two), the NVIDIA device plugin on the GPU pool,
+# and the MLflow database on the shared RDS instance.
+terraform {
+  required_providers {
+    kubernetes = { source = "hashicorp/kubernetes", version = "~> 2.36" }
+    helm       = { source = "hashicorp/helm", version = "~> 2.17" }
+  }
+}
+
+resource "kubernetes_namespace_v1" "this" {
+  metadata {
+    name = var.namespace
+  }
+}
+
+# Key MUST be `postgresql-password`: dagster-k8s and the chart read that key (global.postgresqlSecretName).
+resource "kubernetes_secret_v1" "postgres" {
+  metadata {
+    name      = var.postgres_secret_name
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  data = {
+    "postgresql-password" = var.db_password
+  }
+}
+
+# envSecrets of every component: with IRSA it carries no keys, only settings boto3 reads from the environment.
+resource "kubernetes_secret_v1" "aws" {
+  metadata {
+    name      = var.aws_secret_name
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  data = {
+    AWS_REGION                 = var.region
+    AWS_DEFAULT_REGION         = var.region
+    AWS_STS_REGIONAL_ENDPOINTS = "regional"
+  }
+}
+
+resource "kubernetes_service_account_v1" "gpu_stage" {
+  for_each = var.stage_service_accounts # stage -> {name, role_arn}
+  metadata {
+    name      = each.value.name
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+    annotations = {
+      "eks.amazonaws.com/role-arn" = each.value.role_arn
+    }
+  }
+  automount_service_account_token = true # the IRSA web-identity token is a projected SA token
+}
+
+# Advertises nvidia.com/gpu on GPU nodes; tolerates their taint and runs only on the GPU pool.
+resource "helm_release" "nvidia_device_plugin" {
+  name       = "nvidia-device-plugin"
+  repository = "https://nvidia.github.io/k8s-device-plugin"
+  chart      = "nvidia-device-plugin"
+  version    = var.nvidia_device_plugin_version
+  namespace  = "kube-system"
+
+  values = [yamlencode({
+    nodeSelector = { (var.pool_label) = "gpu" }
+    tolerations = [{
+      key      = "nvidia.com/gpu"
+      operator = "Exists"
+      effect   = "NoSchedule"
+    }]
+  })]
+}
+
+# RDS creates one database (dagster); the MLflow backend database is created once, in-cluster (the DB is
+# private), idempotently.
+resource "kubernetes_job_v1" "mlflow_db" {
+  metadata {
+    name      = "create-mlflow-database"
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  spec {
+    backoff_limit = 4
+    template {
+      metadata {}
+      spec {
+        restart_policy = "OnFailure"
+        node_selector  = { (var.pool_label) = "cpu" }
+        security_context {
+          run_as_non_root = true
+          run_as_user     = 70 # postgres user of the alpine image
+          seccomp_profile {
+            type = "RuntimeDefault"
+          }
+        }
+        container {
+          name  = "createdb"
+          image = var.postgres_client_image
+          command = ["sh", "-c", join(" ", [
+            "psql -v ON_ERROR_STOP=1 -tc \"SELECT 1 FROM pg_database WHERE datname = '${var.mlflow_database}'\" | grep -q 1",
+            "|| psql -v ON_ERROR_STOP=1 -c 'CREATE DATABASE ${var.mlflow_database}'",
+          ])]
+          env {
+            name  = "PGHOST"
+            value = var.db_host
+          }
+          env {
+            name  = "PGUSER"
+            value = var.db_username
+          }
+          env {
+            name  = "PGDATABASE"
+            value = var.dagster_database
+          }
+          env {
+            name  = "PGSSLMODE"
+            value = "require"
+          }
+          env {
+            name = "PGPASSWORD"
+            value_from {
+              secret_key_ref {
+                name = kubernetes_secret_v1.postgres.metadata[0].name
+                key  = "postgresql-password"
+              }
+            }
+          }
+          resources {
+            requests = { cpu = "50m", memory = "64Mi" }
+            limits   = { cpu = "200m", memory = "128Mi" }
+          }
+          security_context {
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
+            capabilities {
+              drop = ["ALL"]
+            }
+          }
+        }
+      }
+    }
+  }
+  wait_for_completion = true
+}
