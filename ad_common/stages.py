@@ -100,6 +100,9 @@ class StageSpec:
     # GPU stages: PyTorch DataLoader workers / TensorRT share tensors via /dev/shm, which is 64 MiB by
     # default in a container. A memory-backed emptyDir counts against memory_limit.
     shm_size: str | None = None
+    # Kubernetes service account of the stage's pods (IRSA role, deploy/terraform/modules/identity); None: the
+    # run's own (the code server's account, which may read the lake but not write models or engines).
+    service_account: str | None = None
 
     def __post_init__(self) -> None:
         if (self.pool == "gpu") != (self.gpus > 0):
@@ -170,6 +173,7 @@ _SPECS: tuple[StageSpec, ...] = (
         max_runtime_s=12 * 60 * 60,
         gpus=1,
         shm_size="8Gi",
+        service_account="ad-platform-train",
     ),
     # ONNX export + TensorRT engine build: must run on the GPU model the engine targets.
     StageSpec(
@@ -184,6 +188,7 @@ _SPECS: tuple[StageSpec, ...] = (
         max_runtime_s=2 * 60 * 60,
         gpus=1,
         shm_size="2Gi",
+        service_account="ad-platform-compile",
     ),
     # dbt on DuckDB: one writer, light.
     StageSpec(
@@ -236,6 +241,8 @@ def k8s_config(stage: str) -> dict[str, Any]:
 
     container: dict[str, Any] = {"resources": {"requests": requests, "limits": limits}}
     pod_spec: dict[str, Any] = {"nodeSelector": {POOL_LABEL: spec.pool}}
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
     if spec.pool == "gpu":
         # GPU nodes carry the taint nvidia.com/gpu=present:NoSchedule (docs/deploy.md) so CPU work never
         # lands there; only GPU stages tolerate it.

@@ -704,3 +704,12 @@ def _iter_tf() -> Iterator[Path]:
 def test_no_machine_paths_in_terraform() -> None:
     for tf in _iter_tf():
         assert not re.search(r"/opt/|/work/|/home/", tf.read_text()), tf
+
+
+def test_gpu_stage_pods_run_as_the_service_accounts_terraform_creates() -> None:
+    """Train and compile pods use their own IRSA roles (model and engine buckets), not the code server's."""
+    accounts = _identity_service_accounts()
+    for stage in ("train", "compile"):
+        pod_spec = k8s_config(stage)["pod_spec_config"]
+        assert pod_spec["serviceAccountName"] == accounts[stage] == STAGE_SPECS[stage].service_account
+    assert all("serviceAccountName" not in k8s_config(s)["pod_spec_config"] for s in ("ingest", "decode", "sync"))
