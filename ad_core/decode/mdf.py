@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from .can import CanDecoder
+from .errors import describe_mdf_error
 from .parquet_out import SinkManager, StreamSink, snake
 from .report import DecodeError, StreamReport
 
@@ -246,7 +247,7 @@ def decode_mdf(
             # at open time and append virtual "from CAN1 message ID=0x..." groups (duplicates of our can__ tables)
             mdf = MDF(path, process_bus_logging=False)
     except Exception as exc:  # asammdf raises MdfException, struct.error, ValueError, ...
-        raise DecodeError(f"{path.name}: not readable as MDF: {type(exc).__name__}: {exc}", file=str(path)) from exc
+        raise DecodeError(f"{path.name}: not readable as MDF: {describe_mdf_error(exc)}", file=str(path)) from exc
     try:
         mdf.configure(read_fragment_size=FRAGMENT_BYTES)
         inner = mdf._mdf
@@ -273,7 +274,7 @@ def decode_mdf(
             except DecodeError:
                 raise
             except Exception as exc:
-                msg = f"{path.name}: group {gi} ({base}): {type(exc).__name__}: {exc}"
+                msg = f"{path.name}: group {gi} ({base}): {describe_mdf_error(exc)}"
                 errors.append(msg)
                 if not is_can or not can:
                     s = sinks[-1]

@@ -19,6 +19,7 @@ from typing import Any
 from ad_common.hashing import sha256_file
 
 from .can import CanDecoder
+from .errors import describe_mdf_error
 from .mdf import _asammdf, decode_mdf
 from .parquet_out import SinkManager
 from .report import DecodeError, StreamReport
@@ -58,7 +59,7 @@ def decode_mdf_files(
                 failed.append(str(exc))
                 continue
             except Exception as exc:
-                failed.append(f"{p.name}: {type(exc).__name__}: {exc}")
+                failed.append(f"{p.name}: {describe_mdf_error(exc)}")
                 continue
             sinks.extend((p, s) for s in file_sinks)
             reports.extend(skipped)

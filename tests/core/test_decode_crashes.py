@@ -168,8 +168,33 @@ def test_truncated_mdf_names_the_damage(tmp_path: Path) -> None:
     with pytest.raises(DecodeError) as info:
         decode_file(cut, tmp_path / "out")
     msg = str(info.value)
-    assert msg.startswith("cut.mf4: ") and ("truncated" in msg or "damaged" in msg), msg
-    assert info.value.__cause__ is not None or "caused by" in msg
+    assert "cut.mf4: " in msg and ("truncated" in msg or "damaged" in msg), msg
+    assert "Error: " in msg or "error: " in msg, msg  # the library's own exception is kept in brackets
+
+
+def test_inspect_chains_the_library_exception(tmp_path: Path) -> None:
+    good = _signal_mdf(tmp_path / "good.mf4", np.arange(5000) / 1000.0)
+    cut = tmp_path / "cut.mf4"
+    cut.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(InvalidLogError) as info:
+        inspect_mdf4(cut)
+    assert "truncated or damaged" in info.value.reason, info.value.reason
+    assert info.value.__cause__ is not None  # the original, re-raised from the child process
+
+
+@pytest.mark.parametrize(
+    "exc, words",
+    [
+        (UnboundLocalError("cannot access local variable 'blk' where it is not associated with a value"), "block"),
+        (ValueError("seek out of range"), "outside the file"),
+        (struct.error("unpack requires a buffer of 24 bytes"), "cut short"),
+    ],
+)
+def test_describe_mdf_error(exc: Exception, words: str) -> None:
+    from ad_core.decode.errors import describe_mdf_error
+
+    text = describe_mdf_error(exc)
+    assert "truncated or damaged block structure" in text and words in text and type(exc).__name__ in text
 
 
 def test_mdf_with_zeroed_header_block_names_the_damage(tmp_path: Path) -> None:
@@ -183,4 +208,4 @@ def test_mdf_with_zeroed_header_block_names_the_damage(tmp_path: Path) -> None:
     with pytest.raises(DecodeError) as info:
         decode_file(bad, tmp_path / "out")
     msg = str(info.value)
-    assert msg.startswith("bad_link.mf4: ") and ("truncated" in msg or "damaged" in msg), msg
+    assert "bad_link.mf4: " in msg and ("truncated" in msg or "damaged" in msg), msg
