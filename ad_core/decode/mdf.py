@@ -293,6 +293,8 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
     skip_cols: set[str] = set()
     texts = {c.index for c in plan if _is_text(group.channels[c.index])}
     dropped = 0
+    backward = 0  # samples earlier than their predecessor in the order recorded (before the sinks sort)
+    last_ns: int | None = None
     failed_channels: dict[str, str] = {}
     with _quiet_stdout():
         for fragment in inner._load_data(group, optimize_read=False):
@@ -302,6 +304,12 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
             if n == 0:
                 continue
             ts, keep = _to_ns(start_ns, t)
+            recorded = ts if keep is None else ts[keep]
+            if len(recorded):
+                backward += int(np.count_nonzero(recorded[1:] < recorded[:-1]))
+                if last_ns is not None and recorded[0] < last_ns:
+                    backward += 1
+                last_ns = int(recorded[-1])
             cols: dict[str, pa.Array] = {"timestamp_ns": pa.array(ts)}
             data = fragment.data if hasattr(fragment, "data") else fragment[0]
             fast_ok = isinstance(data, bytes | bytearray | memoryview) and len(data) >= n * rec_size and rec_size > 0
@@ -343,6 +351,12 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
                 batch = batch.filter(pa.array(keep))
             sink.append(batch)
     notes = []
+    sink.report.out_of_order_samples = backward
+    if backward:
+        notes.append(
+            f"{backward} samples out of recorded order (the master time runs backwards there: a damaged or "
+            "reset clock); the table is sorted by time"
+        )
     if dropped:
         notes.append(f"{dropped} samples with a non-finite or out-of-range master time were dropped")
     if failed_channels:
