@@ -74,11 +74,15 @@ def test_native_crash_in_raw_validation_is_invalid_log(shared_data: Path, name: 
 
 
 @pytest.mark.realdata
-def test_native_crash_in_raw_validation_names_signal(shared_data: Path) -> None:
-    bad = _fuzz(shared_data, "segv_get_master_9619.mf4")
+@pytest.mark.parametrize(
+    ("name", "sig"), [("segv_get_master_9619.mf4", "SIGSEGV"), ("abort_malloc_convert_3660.mf4", "SIGABRT")]
+)
+def test_native_crash_in_raw_validation_names_signal(shared_data: Path, name: str, sig: str) -> None:
+    bad = _fuzz(shared_data, name)
     with pytest.raises(InvalidLogError) as info:
         inspect_mdf4(bad)
-    assert "crashed" in info.value.reason and "SIGSEGV" in info.value.reason, info.value.reason
+    assert info.value.path == str(bad)
+    assert "crashed" in info.value.reason and sig in info.value.reason, info.value.reason
 
 
 @pytest.mark.realdata
