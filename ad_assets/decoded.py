@@ -46,6 +46,7 @@ def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.
                 "error": s.error,
                 "parquet": f"{decoded_path(market, drive_id)}/{Path(str(s.parquet)).name}" if s.parquet else None,
                 "decoder_version": DECODER_VERSION,
+                "out_of_order_samples": s.out_of_order_samples,
             }
             for s in report.streams
         ],

@@ -119,6 +119,7 @@ DECODED_STREAMS = CatalogRecord(
             ("error", pa.string()),
             ("parquet", pa.string()),
             ("decoder_version", pa.string()),
+            ("out_of_order_samples", pa.int64()),
         ]
     ),
 )

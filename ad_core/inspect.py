@@ -96,30 +96,46 @@ def inspect_mdf4(path: Path) -> LogInventory:
         if not inventory.finalized:
             inventory.notes.append(f"unfinalized (flags 0x{unfin:04x}/0x{custom_unfin:04x}), as loggers leave files")
 
-    from asammdf import MDF  # heavy import, kept local so the sensor process does not pay it
+    from ad_core.decode.errors import describe_mdf_error
+    from ad_core.decode.isolate import NativeCrash, run_isolated
 
     try:
-        with MDF(path) as mdf:
-            start_ns = int(mdf.header.start_time.timestamp() * 1e9)
-            first, last = None, None
-            for index, group in enumerate(mdf.groups):
-                channel_group = group.channel_group
-                name = _group_name(channel_group) or f"group_{index}"
-                inventory.streams[f"{index}:{name}"] = int(channel_group.cycles_nr)
-                if channel_group.cycles_nr:
-                    master = mdf.get_master(index)
-                    if len(master):
-                        first = float(master[0]) if first is None else min(first, float(master[0]))
-                        last = float(master[-1]) if last is None else max(last, float(master[-1]))
+        # asammdf's native code can crash (SIGSEGV / SIGABRT) on a damaged file: it runs in a child process
+        start_ns, streams, first, last = run_isolated("ad_core.inspect:_mdf_structure", str(path))
     except InvalidLogError:
         raise
+    except NativeCrash as exc:
+        raise InvalidLogError(
+            path, f"MDF structure unreadable: the MDF reader crashed ({exc.describe()}) on this damaged file"
+        ) from exc
     except Exception as exc:  # asammdf raises MdfException, but also bare struct.error/ValueError/IndexError
-        raise InvalidLogError(path, f"MDF structure unreadable ({type(exc).__name__}: {exc})") from exc
+        raise InvalidLogError(path, f"MDF structure unreadable ({describe_mdf_error(exc)})") from exc
+    inventory.streams.update(streams)
     inventory.start_ns = start_ns + int((first or 0.0) * 1e9)
     inventory.end_ns = start_ns + int((last or 0.0) * 1e9)
     if not inventory.streams:
         inventory.notes.append("no channel groups")
     return inventory
+
+
+def _mdf_structure(_send: Any, path: str) -> tuple[int, dict[str, int], float | None, float | None]:
+    """Runs in the isolated child: header start time, samples per channel group, first/last master time."""
+    from asammdf import MDF  # heavy import, kept local so the sensor process does not pay it
+
+    streams: dict[str, int] = {}
+    with MDF(path) as mdf:
+        start_ns = int(mdf.header.start_time.timestamp() * 1e9)
+        first, last = None, None
+        for index, group in enumerate(mdf.groups):
+            channel_group = group.channel_group
+            name = _group_name(channel_group) or f"group_{index}"
+            streams[f"{index}:{name}"] = int(channel_group.cycles_nr)
+            if channel_group.cycles_nr:
+                master = mdf.get_master(index)
+                if len(master):
+                    first = float(master[0]) if first is None else min(first, float(master[0]))
+                    last = float(master[-1]) if last is None else max(last, float(master[-1]))
+    return start_ns, streams, first, last
 
 
 def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:

@@ -6,7 +6,8 @@ Drives are generated once with fleetgen, sized with ``options_for_size(size_gb, 
 generated with other options is deleted and regenerated. Each size runs in a fresh subprocess that imports the
 decoders first, as a Dagster run worker has: ``seconds`` is decode_drive's wall time there, ``startup_seconds``
 the interpreter start and imports before it (a per-process constant). RssAnon is polled from /proc for the
-whole process. One JSON line per size on stdout.
+whole process (``peak_anon_mib``) and summed with its child processes (``peak_anon_mib_with_children``: the MDF
+decoder runs in a forkserver child). One JSON line per size on stdout.
 
     python benchmarks/bench_ingest.py [--sizes 1,4] [--keep-output]
 """
@@ -106,6 +107,21 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """pid's child processes, recursively (the MDF decoder runs in a forkserver child)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                kids = [int(k) for k in fh.read().split()]
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
 def run_size(gb: float, keep: bool) -> dict:
     drive = fleetgen_drive(gb)
     files, dbcs = drive_files(drive)
@@ -122,10 +138,12 @@ def run_size(gb: float, keep: bool) -> dict:
     ]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    peak_rss = peak_anon = 0
+    peak_rss = peak_anon = peak_anon_tree = 0
     while proc.poll() is None:
         peak_rss = max(peak_rss, _status_kib(proc.pid, "VmRSS"))
-        peak_anon = max(peak_anon, _status_kib(proc.pid, "RssAnon"))
+        anon = _status_kib(proc.pid, "RssAnon")
+        peak_anon = max(peak_anon, anon)
+        peak_anon_tree = max(peak_anon_tree, anon + sum(_status_kib(c, "RssAnon") for c in _descendants(proc.pid)))
         time.sleep(0.02)
     process_s = time.perf_counter() - t
     child = json.loads((proc.stdout.read() if proc.stdout else "").strip().splitlines()[-1] or "{}")
@@ -145,6 +163,7 @@ def run_size(gb: float, keep: bool) -> dict:
         "ratio_to_floor": round(decode_s / floor, 1) if floor > 0 else None,
         "peak_rss_mib": round(peak_rss / 1024, 1),
         "peak_anon_mib": round(peak_anon / 1024, 1),
+        "peak_anon_mib_with_children": round(peak_anon_tree / 1024, 1),
         "parquet_bytes": out_bytes,
         "rows": child.get("rows"),
         "streams": child.get("streams"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,11 +15,10 @@ from pathlib import Path
 from ad_common.formats import sniff
 from ad_common.hashing import sha256_file
 
-from .can import CanDecoder
+from .isolate import NativeCrash, run_isolated
 from .mcap_reader import McapDecoder
-from .mdf import decode_mdf
 from .parquet_out import SinkManager
-from .report import DecodeError, DriveDecodeReport
+from .report import DecodeError, DriveDecodeReport, StreamReport
 from .version import DECODER_VERSION
 
 
@@ -100,42 +101,28 @@ def _decode_drive(
             kinds[p] = sniff_format(p)
         except DecodeError as exc:
             failed.append(str(exc))
-    # MCAP files are hashed by their reader as they are read (no second pass); the others here, beside decoding
+    # MCAP files are hashed by their reader as they are read (no second pass), MDF files by the MDF decoder
+    # process; the others here, beside decoding
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
     hashes: dict[str, Future[str]] = {
-        p.name: hasher.submit(sha256_file, p) for p in files if p.exists() and kinds.get(p) != "mcap"
+        p.name: hasher.submit(sha256_file, p) for p in files if p.exists() and kinds.get(p) not in ("mcap", "mdf")
     }
     manager = SinkManager(out_dir)
-    can_holder: list[CanDecoder] = []
     try:
         base_meta = {"decoder_version": DECODER_VERSION}
-        mdf_sinks: list = []
-        mdf_errors: list[str] = []
-        mdf_failed: list[str] = []
+
+        mdf_files = [p for p in files if kinds.get(p) == "mdf"]
+        mdf_result: list[tuple[list, list[str], list[str], dict[str, str]]] = []
 
         def run_mdf() -> None:
-            # DBC parsing and MDF reading import asammdf (~1 s): that happens here, beside the MCAP decoding
-            can_holder.append(CanDecoder([Path(d) for d in dbc_files], manager, DECODER_VERSION))
-            can = can_holder[0]
-            for p in (p for p in files if kinds.get(p) == "mdf"):
-                t1 = time.perf_counter()
-                try:
-                    sinks, skipped, errs = decode_mdf(p, manager, can, base_meta, logf)
-                except DecodeError as exc:
-                    mdf_failed.append(str(exc))
-                    continue
-                except Exception as exc:
-                    mdf_failed.append(f"{p.name}: {type(exc).__name__}: {exc}")
-                    continue
-                mdf_sinks.extend((p, s) for s in sinks)
-                report.streams.extend(skipped)
-                mdf_errors.extend(errs)
-                dt = time.perf_counter() - t1
-                logf(f"{p.name}: MDF read in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+            # MDF parsing (asammdf, native code that can crash on damaged files) runs in a child process
+            mdf_result.append(
+                decode_mdf_isolated(mdf_files, out_dir, list(dbc_files), base_meta, DECODER_VERSION, logf)
+            )
 
         # MDF and MCAP decode concurrently (zstd, crc32, numpy copies and the Parquet writer release the GIL)
         mdf_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdf-decode")
-        mdf_future = mdf_thread.submit(run_mdf)
+        mdf_future = mdf_thread.submit(run_mdf) if mdf_files else None
         mcap = McapDecoder(manager, DECODER_VERSION, logf)
         mcap_errors: list[str] = []
         try:
@@ -152,8 +139,9 @@ def _decode_drive(
                 logf(f"{p.name}: {n} MCAP messages in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
         finally:
             mdf_thread.shutdown(wait=True)
-        mdf_future.result()  # re-raises a DBC that cannot be loaded
-        can = can_holder[0]
+        if mdf_future is not None:
+            mdf_future.result()  # re-raises a DBC that cannot be loaded
+        mdf_reports, mdf_errors, mdf_failed, mdf_hashes = mdf_result[0] if mdf_result else ([], [], [], {})
         failed[:0] = mdf_failed
         report.errors.extend(mdf_errors + mcap_errors)
         for p in files:  # MCAP files not read to the end (salvaged, failed) are hashed separately
@@ -161,16 +149,9 @@ def _decode_drive(
                 hashes[p.name] = hasher.submit(sha256_file, p)
         file_hashes = {k: f.result() for k, f in hashes.items()}
         file_hashes.update(mcap.sha256)
-        for p, s in mdf_sinks:
-            r = s.close({"source_file": p.name, "source_sha256": file_hashes.get(p.name, "")})
-            report.streams.append(r)
-        report.streams.extend(can.close(file_hashes))
+        file_hashes.update(mdf_hashes)
+        report.streams.extend(mdf_reports)
         report.streams.extend(mcap.close(file_hashes))
-        if can and can.unknown_ids:
-            ids = sorted(can.unknown_ids)
-            shown = ", ".join(f"CAN{b} 0x{i:X}" for b, i, _e in ids[:20])
-            more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""
-            report.errors.append(f"{len(ids)} CAN ids not in the DBC(s) were not decoded: {shown}{more}")
     finally:
         manager.shutdown()
         hasher.shutdown(wait=True)
@@ -186,6 +167,75 @@ def _decode_drive(
         f"({report.bytes_in / 1e6 / max(report.seconds, 1e-9):.0f} MB/s), {len(report.streams)} streams"
     )
     return report
+
+
+MDF_WORKER = "ad_core.decode.mdf_worker:decode_mdf_files"
+
+
+def decode_mdf_isolated(
+    files: Sequence[Path],
+    out_dir: Path,
+    dbc_files: Sequence[Path],
+    base_meta: dict[str, str],
+    decoder_version: str,
+    log: Callable[[str], None],
+) -> tuple[list[StreamReport], list[str], list[str], dict[str, str]]:
+    """Decode a drive's MDF files (and their raw CAN) in a child process into ``out_dir``.
+
+    The child writes into a private subfolder; its tables are moved into ``out_dir`` only when it returns. If it
+    dies (SIGSEGV / SIGABRT in asammdf's native code), the file it was reading is recorded as failed, the
+    subfolder is deleted and the remaining files are decoded again by a fresh child, so the output equals a
+    decode of the drive without the damaged file. Returns (stream reports, errors, failed, sha256 by name).
+    """
+    remaining = list(files)
+    crashed: list[str] = []
+    attempt = 0
+    while True:
+        work = out_dir / f".mdf-decoder-{attempt}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        current: list[str | None] = [None]
+
+        def on_message(msg: tuple[str, str | None], current: list[str | None] = current) -> None:
+            kind, value = msg
+            if kind == "file":
+                current[0] = value
+            elif kind == "log" and value is not None:
+                log(value)
+
+        try:
+            reports, errors, failed, hashes = run_isolated(
+                MDF_WORKER,
+                [str(p) for p in remaining],
+                str(work),
+                [str(d) for d in dbc_files],
+                base_meta,
+                decoder_version,
+                on_message=on_message,
+            )
+        except NativeCrash as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            name = current[0]
+            if name is None:  # died outside any file (DBC loading, closing the CAN tables): nothing to blame
+                raise DecodeError(f"MDF decoder crashed ({exc.describe()}) outside any input file") from exc
+            crashed.append(
+                f"{name}: decoder crashed ({exc.describe()}) while reading this MDF file: it is damaged "
+                "(asammdf's native code could not parse it)"
+            )
+            log(crashed[-1])
+            remaining = [p for p in remaining if p.name != name]
+            attempt += 1
+            if not remaining:
+                return [], [], crashed, {}
+            continue
+        for r in reports:
+            if r.parquet:
+                src = Path(r.parquet)
+                dst = out_dir / src.name
+                os.replace(src, dst)
+                r.parquet = str(dst)
+        shutil.rmtree(work, ignore_errors=True)
+        return reports, errors, crashed + failed, hashes
 
 
 def decode_file(

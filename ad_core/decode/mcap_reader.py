@@ -51,6 +51,7 @@ from .report import DecodeError, StreamReport
 IMAGE_SCHEMAS = ("CompressedImage", "RawImage", "Image", "CompressedVideo")
 POINTCLOUD_SCHEMAS = ("PointCloud", "PointCloud2", "LaserScan")
 FLUSH_ROWS = 4096
+INT64_MAX = 2**63 - 1  # timestamps are int64 ns: a larger log_time / publish_time cannot be stored
 FRAME_FLUSH_ROWS = 64  # frame topics: rows per Arrow batch (the sink still writes 16-frame row groups)
 FRAME_FLUSH_BYTES = 16 * 2**20
 _TS_NAMES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
@@ -340,6 +341,9 @@ class _Topic:
     proto_ready: bool = False  # protobuf: compiled flattener / frame splitter set up from the first message
     splitter: _FrameSplitter | None = None
     types: dict[str, pa.DataType] = field(default_factory=dict)  # Arrow types of the first table
+    # messages dropped because log_time / publish_time does not fit int64 ns (>= 2^63): count, first place
+    bad_times: int = 0
+    first_bad_time: str | None = None
 
 
 class McapDecoder:
@@ -455,12 +459,20 @@ class McapDecoder:
     ) -> int:
         """Split one block into records; messages are grouped per channel and handed over per topic in order."""
         pending: dict[int, list[tuple[int, int, int, int]]] = {}
+        bad_times: dict[int, list[int]] = {}  # channel -> [count, record start, log_time, publish_time]
         unpack_msg = MSG_HEAD.unpack_from
         for op, start, pos in parse_block(buf, offset):
             if op == OP_MESSAGE:
                 if pos - start < 22:
                     raise McapReadError(offset, "malformed message record")
                 cid, _seq, log_time, publish_time = unpack_msg(buf, start)
+                if log_time > INT64_MAX or publish_time > INT64_MAX:
+                    bad = bad_times.get(cid)
+                    if bad is None:
+                        bad_times[cid] = [1, start, log_time, publish_time]
+                    else:
+                        bad[0] += 1
+                    continue
                 lst = pending.get(cid)
                 if lst is None:
                     lst = pending[cid] = []
@@ -478,6 +490,8 @@ class McapDecoder:
                     raise McapReadError(offset, f"malformed channel record: {exc}") from exc
                 channels[cid] = Channel(id=cid, schema_id=sid, topic=topic, message_encoding=enc, metadata=meta)
         count = 0
+        for cid in bad_times.keys() - pending.keys():
+            pending[cid] = []
         for cid, msgs in pending.items():
             t = by_channel.get(cid)
             if t is None:
@@ -492,6 +506,17 @@ class McapDecoder:
                 by_channel[cid] = t
                 if source not in t.files:
                     t.files.append(source)
+            bad = bad_times.get(cid)
+            if bad is not None:
+                t.bad_times += bad[0]
+                t.messages_seen += bad[0]
+                if t.first_bad_time is None:
+                    t.first_bad_time = (
+                        f"{source}: topic {t.topic!r}: first at byte {bad[1]} of the block at byte {offset} "
+                        f"(log_time {bad[2]}, publish_time {bad[3]})"
+                    )
+            if not msgs:
+                continue
             count += len(msgs)
             t.messages_seen += len(msgs)
             if t.decode is not None:
@@ -636,10 +661,16 @@ class McapDecoder:
         reports = []
         for t in self.topics.values():
             self._push(t)
+            time_note = (
+                f"{t.bad_times} messages with a log_time or publish_time >= 2^63 ns (not representable as int64) "
+                f"were dropped; {t.first_bad_time}"
+                if t.bad_times
+                else None
+            )
             if t.sink is None:
                 if t.messages_seen == 0:
                     continue
-                reason = t.skip_reason or f"every message failed to decode: {t.first_failure}"
+                reason = time_note or t.skip_reason or f"every message failed to decode: {t.first_failure}"
                 reports.append(
                     StreamReport(
                         name=f"mcap__{snake(t.topic)}",
@@ -654,6 +685,9 @@ class McapDecoder:
             if t.failures:
                 note = f"{t.failures} messages failed to decode (first: {t.first_failure})"
                 r.error = f"{r.error}; {note}" if r.error else note
+                r.status = "salvaged"
+            if time_note:
+                r.error = f"{r.error}; {time_note}" if r.error else time_note
                 r.status = "salvaged"
             reports.append(r)
         return reports

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from .can import CanDecoder
+from .errors import describe_mdf_error
 from .parquet_out import SinkManager, StreamSink, snake
 from .report import DecodeError, StreamReport
 
@@ -246,7 +247,7 @@ def decode_mdf(
             # at open time and append virtual "from CAN1 message ID=0x..." groups (duplicates of our can__ tables)
             mdf = MDF(path, process_bus_logging=False)
     except Exception as exc:  # asammdf raises MdfException, struct.error, ValueError, ...
-        raise DecodeError(f"{path.name}: not readable as MDF: {type(exc).__name__}: {exc}", file=str(path)) from exc
+        raise DecodeError(f"{path.name}: not readable as MDF: {describe_mdf_error(exc)}", file=str(path)) from exc
     try:
         mdf.configure(read_fragment_size=FRAGMENT_BYTES)
         inner = mdf._mdf
@@ -273,7 +274,7 @@ def decode_mdf(
             except DecodeError:
                 raise
             except Exception as exc:
-                msg = f"{path.name}: group {gi} ({base}): {type(exc).__name__}: {exc}"
+                msg = f"{path.name}: group {gi} ({base}): {describe_mdf_error(exc)}"
                 errors.append(msg)
                 if not is_can or not can:
                     s = sinks[-1]
@@ -292,6 +293,8 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
     skip_cols: set[str] = set()
     texts = {c.index for c in plan if _is_text(group.channels[c.index])}
     dropped = 0
+    backward = 0  # samples earlier than their predecessor in the order recorded (before the sinks sort)
+    last_ns: int | None = None
     failed_channels: dict[str, str] = {}
     with _quiet_stdout():
         for fragment in inner._load_data(group, optimize_read=False):
@@ -301,6 +304,12 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
             if n == 0:
                 continue
             ts, keep = _to_ns(start_ns, t)
+            recorded = ts if keep is None else ts[keep]
+            if len(recorded):
+                backward += int(np.count_nonzero(recorded[1:] < recorded[:-1]))
+                if last_ns is not None and recorded[0] < last_ns:
+                    backward += 1
+                last_ns = int(recorded[-1])
             cols: dict[str, pa.Array] = {"timestamp_ns": pa.array(ts)}
             data = fragment.data if hasattr(fragment, "data") else fragment[0]
             fast_ok = isinstance(data, bytes | bytearray | memoryview) and len(data) >= n * rec_size and rec_size > 0
@@ -342,6 +351,12 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
                 batch = batch.filter(pa.array(keep))
             sink.append(batch)
     notes = []
+    sink.report.out_of_order_samples = backward
+    if backward:
+        notes.append(
+            f"{backward} samples out of recorded order (the master time runs backwards there: a damaged or "
+            "reset clock); the table is sorted by time"
+        )
     if dropped:
         notes.append(f"{dropped} samples with a non-finite or out-of-range master time were dropped")
     if failed_channels:

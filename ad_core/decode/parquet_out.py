@@ -319,6 +319,8 @@ class StreamSink:
             r.parquet = None
             return r
         md = {k: v for k, v in (extra_metadata or {}).items()}
+        if r.out_of_order_samples:  # read by the quality profile (sensor_clock_monotonic)
+            md["out_of_order_samples"] = str(r.out_of_order_samples)
         if md:
             self._writer.add_key_value_metadata(md)
         self._writer.close()

@@ -29,6 +29,7 @@ class StreamReport:
     parquet: str | None = None
     status: str = "ok"  # ok | skipped | salvaged
     error: str | None = None
+    out_of_order_samples: int = 0  # samples whose time is earlier than their predecessor's, as recorded (MDF)
     preview: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

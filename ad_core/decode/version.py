@@ -2,4 +2,6 @@
 
 # 1.1: float columns BYTE_STREAM_SPLIT, frame tables uncompressed. 1.1.1: an unreadable channel is left out of
 # its group (with a note in the stream report) instead of failing the whole group.
-DECODER_VERSION = "1.1.1"
+# 1.1.2: MDF samples out of recorded order are counted (report + file metadata ``out_of_order_samples``); MCAP
+# messages with times >= 2^63 are dropped and noted instead of failing the file.
+DECODER_VERSION = "1.1.2"

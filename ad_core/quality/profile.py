@@ -50,6 +50,8 @@ class StreamProfile:
     sensor_clock_backward_steps: int = 0
     sensor_clock_max_backward_s: float = 0.0
     sensor_clock_backward_at_ns: list[int] = field(default_factory=list)
+    # samples out of recorded order before the decoder sorted the table (file metadata ``out_of_order_samples``)
+    out_of_order_samples: int = 0
     nominal_hz: float | None = None
 
     @property
@@ -177,6 +179,8 @@ def profile_stream(
     has_sensor_time = SENSOR_TIME in schema.names
     columns = [TIME, *([SENSOR_TIME] if has_sensor_time else []), *wanted]
     profile = StreamProfile(stream, nominal_hz=nominal_hz)
+    kv = parquet.metadata.metadata or {}
+    profile.out_of_order_samples = int(kv.get(b"out_of_order_samples", b"0") or 0)
     profilers = {s: _SignalProfiler(stream, s) for s in wanted}
     last_t: int | None = None
     last_sensor: int | None = None

@@ -44,10 +44,14 @@ DECODED_RULES: tuple[QualityRule, ...] = (
     QualityRule(
         "sensor_clock_monotonic",
         True,
-        "Sensor timestamps (message header stamps) never run backwards within a stream.",
+        "Sensor timestamps (message header stamps; MDF master times in the order recorded) never run backwards "
+        "within a stream.",
         "streams",
-        ("stream", "sensor_clock_backward_at_ns", "sensor_clock_max_backward_s"),
-        lambda: [_gx().ExpectColumnValuesToBeBetween(column="sensor_clock_backward_steps", max_value=0)],
+        ("stream", "sensor_clock_backward_at_ns", "sensor_clock_max_backward_s", "out_of_order_samples"),
+        lambda: [
+            _gx().ExpectColumnValuesToBeBetween(column="sensor_clock_backward_steps", max_value=0),
+            _gx().ExpectColumnValuesToBeBetween(column="out_of_order_samples", max_value=0),
+        ],
     ),
     QualityRule(
         "physical_ranges",
