@@ -117,3 +117,26 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == []
+
+
+@pytest.mark.realdata
+def test_crash_reproducers_fail_their_own_drives_and_every_good_drive_is_ingested(
+    state: Path, shared_data: Path
+) -> None:
+    """asammdf segfaults/aborts on these files; one run-once still ingests the good drive beside them."""
+    landing = state / "landing"
+    (good,) = generate_fleet(landing, ["de"], 1, 0.4, seed=5, workers=1)
+    crashers = ["segv_get_master_9619.mf4", "abort_malloc_convert_3660.mf4"]
+    for i, name in enumerate(crashers):
+        folder = landing / "de" / f"de-crash-{i}"
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes((shared_data / "bad/fuzz" / name).read_bytes())
+    with instance_for_test() as instance:
+        outcomes = {o.drive_id: o for o in run_once(build_definitions(), instance, state_dir=state, log=lambda _: None)}
+    assert set(outcomes) == {good.name, "de-crash-0", "de-crash-1"}
+    assert outcomes[good.name].status == "materialized"
+    assert "de/synced_frames" in outcomes[good.name].materialized
+    for i, name in enumerate(crashers):
+        failed = outcomes[f"de-crash-{i}"]
+        assert failed.status == "failed" and name in (failed.error or ""), failed.error
+        assert re.search(r"SIG(SEGV|ABRT)", failed.error or ""), failed.error
