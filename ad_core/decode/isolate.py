@@ -46,6 +46,9 @@ class NativeCrash(Exception):
         return f"exit code {self.exitcode}"
 
 
+EXIT_GRACE_S = 10.0
+
+
 def _context() -> Any:
     global _CTX
     with _CTX_LOCK:
@@ -109,7 +112,12 @@ def run_isolated(target: str, *args: Any, on_message: Callable[[Any], None] | No
                 outcome = (kind, *rest)
     finally:
         parent_conn.close()
-        proc.join()
+        # A child whose heap the file corrupted can hang in its own exit (a glibc lock) after answering:
+        # the answer is in, so do not wait on it.
+        proc.join(EXIT_GRACE_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
     if outcome is None:
         raise NativeCrash(proc.exitcode, last)
     if outcome[0] == "ok":

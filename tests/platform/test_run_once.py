@@ -123,10 +123,10 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
 def test_crash_reproducers_fail_their_own_drives_and_every_good_drive_is_ingested(
     state: Path, shared_data: Path
 ) -> None:
-    """asammdf segfaults/aborts on these files; one run-once still ingests the good drive beside them."""
+    """asammdf segfaults on these files (in validation, in decoding); one run-once still ingests the good drive."""
     landing = state / "landing"
     (good,) = generate_fleet(landing, ["de"], 1, 0.4, seed=5, workers=1)
-    crashers = ["segv_get_master_9619.mf4", "abort_malloc_convert_3660.mf4"]
+    crashers = ["segv_get_master_9619.mf4", "segv_vlsd_9095.mf4"]
     for i, name in enumerate(crashers):
         folder = landing / "de" / f"de-crash-{i}"
         folder.mkdir(parents=True)
@@ -139,4 +139,4 @@ def test_crash_reproducers_fail_their_own_drives_and_every_good_drive_is_ingeste
     for i, name in enumerate(crashers):
         failed = outcomes[f"de-crash-{i}"]
         assert failed.status == "failed" and name in (failed.error or ""), failed.error
-        assert re.search(r"SIG(SEGV|ABRT)", failed.error or ""), failed.error
+        assert "SIGSEGV" in (failed.error or ""), failed.error
