@@ -13,6 +13,9 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     reference/<market>/signal_reference.parquet            signal_drift: the market's frozen reference
     reference/<market>/drift_state.json                    signal_drift: drives already evaluated
     reports/signal_drift/<market>/<run_id>/drift.png       signal_drift: the chart of one evaluation
+    splits/<market>/<split_version>/manifest.parquet       curated_splits: one row per frame (SPLIT_MANIFEST_SCHEMA)
+    catalog/drive_odd_tags/<market>/<drive_id>.parquet     odd_tags: derived ODD tags of one synced drive
+    catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
 
 Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
 :func:`is_hidden` decides that on the lake-relative path, never on the absolute one (the embedded default
@@ -46,6 +49,11 @@ def decoded_path(market: str, drive_id: str) -> str:
 
 def synced_path(market: str, drive_id: str) -> str:
     return f"synced/{market}/{drive_id}"
+
+
+def split_manifest_path(market: str, split_version: str) -> str:
+    """The frame-level manifest of one split version of a market (its sha256 is the asset's data version)."""
+    return f"splits/{market}/{split_version}/manifest.parquet"
 
 
 def drift_reference_path(market: str) -> str:
@@ -166,4 +174,69 @@ DRIVE_REGISTRY = CatalogRecord(
     ),
 )
 
-CATALOG_RECORDS: tuple[CatalogRecord, ...] = (RAW_FILES, DECODED_STREAMS, DRIVE_SIGNAL_SUMMARIES, DRIVE_REGISTRY)
+SPLITS = ("train", "val", "test")
+ODD_UNKNOWN = "unknown"
+
+# The training contract: models read these columns only (frames themselves stay in the synced Parquet).
+SPLIT_MANIFEST_SCHEMA = pa.schema(
+    [
+        ("market", pa.string()),
+        ("drive_id", pa.string()),
+        ("frame_index", pa.int64()),
+        ("timestamp_ns", pa.int64()),
+        ("split", pa.string()),  # one of SPLITS
+        ("synced_path", pa.string()),  # lake-relative path of the drive's frames.parquet
+        ("synced_sha256", pa.string()),
+        *((tag, pa.string()) for tag in ODD_TAGS),  # frame-window tags; ODD_UNKNOWN where a signal is missing
+        ("excluded", pa.bool_()),  # reviewer exclusion: excluded frames are listed, never trained on
+        ("exclusion_reason", pa.string()),
+        ("excluded_by", pa.string()),
+        ("excluded_at", pa.string()),
+    ]
+)
+
+DRIVE_ODD_TAGS = CatalogRecord(
+    name="drive_odd_tags",
+    description="One row per synced drive: ODD tags derived from its signals (majority over frame windows), "
+    "each with the reason where it is unknown, and the share of frames per tag value.",
+    folder="catalog/drive_odd_tags",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("drive_id", pa.string()),
+            ("frames", pa.int64()),
+            *((tag, pa.string()) for tag in ODD_TAGS),
+            *((f"{tag}_reason", pa.string()) for tag in ODD_TAGS),
+            *((f"{tag}_shares", pa.string()) for tag in ODD_TAGS),  # JSON {value: share of frames}
+            ("synced_sha256", pa.string()),
+        ]
+    ),
+)
+
+SPLIT_ASSIGNMENTS = CatalogRecord(
+    name="split_assignments",
+    description="One row per drive of a split version: its split, frames kept and excluded, geo cells, ODD tags.",
+    folder="catalog/split_assignments",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("split_version", pa.string()),
+            ("drive_id", pa.string()),
+            ("split", pa.string()),
+            ("frames", pa.int64()),
+            ("excluded_frames", pa.int64()),
+            ("geo_cells", pa.list_(pa.string())),
+            *((tag, pa.string()) for tag in ODD_TAGS),
+            ("manifest_sha256", pa.string()),
+        ]
+    ),
+)
+
+CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
+    RAW_FILES,
+    DECODED_STREAMS,
+    DRIVE_SIGNAL_SUMMARIES,
+    DRIVE_REGISTRY,
+    DRIVE_ODD_TAGS,
+    SPLIT_ASSIGNMENTS,
+)
