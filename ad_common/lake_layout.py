@@ -187,6 +187,9 @@ SPLIT_MANIFEST_SCHEMA = pa.schema(
         ("split", pa.string()),  # one of SPLITS
         ("synced_path", pa.string()),  # lake-relative path of the drive's frames.parquet
         ("synced_sha256", pa.string()),
+        # lake-relative path of the decoded reference camera table; frame_index is its row (JPEG in column
+        # "data", read with ad_core.decode.parquet_out.read_frame); null for a drive without a camera
+        ("camera_path", pa.string()),
         *((tag, pa.string()) for tag in ODD_TAGS),  # frame-window tags; ODD_UNKNOWN where a signal is missing
         ("excluded", pa.bool_()),  # reviewer exclusion: excluded frames are listed, never trained on
         ("exclusion_reason", pa.string()),
