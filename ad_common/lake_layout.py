@@ -14,7 +14,10 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     reference/<market>/drift_state.json                    signal_drift: drives already evaluated
     reports/signal_drift/<market>/<run_id>/drift.png       signal_drift: the chart of one evaluation
     splits/<market>/<split_version>/manifest.parquet       curated_splits: one row per frame (SPLIT_MANIFEST_SCHEMA)
+    odd/<market>/<drive_id>/frame_tags.parquet             odd_tags: per-frame ODD tags and geo cell (FRAME_TAGS_SCHEMA)
     catalog/drive_odd_tags/<market>/<drive_id>.parquet     odd_tags: derived ODD tags of one synced drive
+    review/<market>/rejections/*.csv                       reviewer rejections (drive_id, frame_index, reason, ...)
+    reports/curated_splits/<market>/<split_version>/       split_review: contact sheet, review page, FiftyOne export
     catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
 
 Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
@@ -54,6 +57,19 @@ def synced_path(market: str, drive_id: str) -> str:
 def split_manifest_path(market: str, split_version: str) -> str:
     """The frame-level manifest of one split version of a market (its sha256 is the asset's data version)."""
     return f"splits/{market}/{split_version}/manifest.parquet"
+
+
+def odd_frames_path(market: str, drive_id: str) -> str:
+    return f"odd/{market}/{drive_id}/frame_tags.parquet"
+
+
+def rejections_dir(market: str) -> str:
+    """Reviewers drop CSV files here (docs/curation.md); the next split version excludes what they list."""
+    return f"review/{market}/rejections"
+
+
+def split_review_dir(market: str, split_version: str) -> str:
+    return f"reports/curated_splits/{market}/{split_version}"
 
 
 def drift_reference_path(market: str) -> str:
@@ -198,6 +214,17 @@ SPLIT_MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
+FRAME_TAGS_SCHEMA = pa.schema(
+    [
+        ("frame_index", pa.int64()),
+        ("timestamp_ns", pa.int64()),
+        ("latitude", pa.float64()),
+        ("longitude", pa.float64()),
+        ("geo_cell", pa.string()),  # H3 cell of the frame's position; null without a GNSS fix
+        *((tag, pa.string()) for tag in ODD_TAGS),
+    ]
+)
+
 DRIVE_ODD_TAGS = CatalogRecord(
     name="drive_odd_tags",
     description="One row per synced drive: ODD tags derived from its signals (majority over frame windows), "
@@ -211,6 +238,8 @@ DRIVE_ODD_TAGS = CatalogRecord(
             *((tag, pa.string()) for tag in ODD_TAGS),
             *((f"{tag}_reason", pa.string()) for tag in ODD_TAGS),
             *((f"{tag}_shares", pa.string()) for tag in ODD_TAGS),  # JSON {value: share of frames}
+            ("geo_cells", pa.list_(pa.string())),
+            ("drive_version", pa.int64()),
             ("synced_sha256", pa.string()),
         ]
     ),

@@ -313,7 +313,8 @@ MARKET_ASSETS_JOB = JobSpec(
     name="market_assets",
     per_market=False,
     run_stage="curate",
-    description="Per-market assets over all synced drives: the signal drift check against each market's reference.",
+    description="Per-market assets over all synced drives: the signal drift check against each market's reference, "
+    "the curated train/val/test splits and their review page.",
     cron="17 * * * *",
 )
 JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB)
@@ -364,7 +365,33 @@ SIGNAL_DRIFT = AssetStage(
     upstream=(SYNCED_FRAMES.name,),
     alerted=False,  # warn-only, per market: shown in the UI, not paged
 )
-ASSET_STAGES: tuple[AssetStage, ...] = (RAW_DRIVE, DECODED_SIGNALS, SYNCED_FRAMES, SIGNAL_DRIFT)
+ODD_TAGS_STAGE = AssetStage("odd_tags", group="curated", pod="curate", job=INGEST_JOB, upstream=(SYNCED_FRAMES.name,))
+CURATED_SPLITS = AssetStage(
+    "curated_splits",
+    group="curated",
+    pod="curate",
+    job=MARKET_ASSETS_JOB,
+    per_drive=False,
+    upstream=(ODD_TAGS_STAGE.name,),
+)
+SPLIT_REVIEW = AssetStage(
+    "split_review",
+    group="curated",
+    pod="curate",
+    job=MARKET_ASSETS_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS.name,),
+    alerted=False,  # a report for reviewers, no checks of its own
+)
+ASSET_STAGES: tuple[AssetStage, ...] = (
+    RAW_DRIVE,
+    DECODED_SIGNALS,
+    SYNCED_FRAMES,
+    SIGNAL_DRIFT,
+    ODD_TAGS_STAGE,
+    CURATED_SPLITS,
+    SPLIT_REVIEW,
+)
 
 
 def job_asset_keys(job: JobSpec, markets: tuple[str, ...]) -> list[AssetKey]:

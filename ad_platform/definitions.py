@@ -15,7 +15,7 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import decoded, drift, raw, synced
+from ad_assets import curated, decoded, drift, raw, synced
 from ad_common.markets import MARKETS
 from ad_common.stages import JOBS, LATENESS_SLO, JobSpec, alerted_asset_keys, job_asset_keys, stage_run_tags
 from ad_platform.json_logging import platform_loggers
@@ -54,6 +54,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             decoded.definitions(market),
             synced.definitions(market, lateness_slo=lateness_slo),
             drift.definitions(market),
+            curated.definitions(market),
         )
     ]
     jobs = {spec.name: _jobs(spec) for spec in JOBS}

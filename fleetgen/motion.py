@@ -174,11 +174,15 @@ class Motion:
         # Integrate position with the heading of each step (ENU, x east, y north); heading 0 = east.
         self.x = np.concatenate([[0.0], np.cumsum(v[:-1] * np.cos(self.heading[:-1]) * DT)])
         self.y = np.concatenate([[0.0], np.cumsum(v[:-1] * np.sin(self.heading[:-1]) * DT)])
-        self.lat0 = prof.start_lat + float(rng.uniform(-0.05, 0.05))
-        self.lon0 = prof.start_lon + float(rng.uniform(-0.05, 0.05))
+        # Drives start anywhere in a ~180 km region around the market's city: curated splits keep places
+        # (geo cells of a few km) apart, so a fleet must not all share one street.
+        self.lat0 = prof.start_lat + float(rng.uniform(-0.8, 0.8))
+        self.lon0 = prof.start_lon + float(rng.uniform(-1.2, 1.2))
         self.alt0 = 520.0 if spec.market == "de" else 30.0
         weather, tod = spec.odd["weather"], spec.odd["time_of_day"]
         base_temp = prof.temperature_c + {"clear": 2.0, "rain": -2.0, "fog": -3.0, "snow": -9.0}[weather]
+        if weather == "snow":  # it snows below freezing in every market, whatever its March average
+            base_temp = min(base_temp, -1.0)
         self.base_temp = base_temp + {"day": 2.0, "dusk": 0.0, "night": -3.0}[tod] + float(rng.normal(0, 1.5))
 
     def _lerp(self, arr: np.ndarray, t_s: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
 
 # Vehicle geometry used by the bicycle model: steering_wheel = STEERING_RATIO * atan(WHEELBASE_M * curvature).
 WHEELBASE_M = 2.85
