@@ -14,9 +14,9 @@ export AD_LANDING_DIR ?= $(AD_STATE_DIR)/landing
 export AD_LAKE_DIR ?= $(AD_STATE_DIR)/lake
 export DAGSTER_HOME ?= $(AD_STATE_DIR)/dagster_home
 
-DEMO_DRIVES ?= 2
+DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
-DEMO_MINUTES ?= 2
+DEMO_MINUTES ?= 1
 
 .PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor clean lock deploy-check checkov
 

@@ -358,6 +358,7 @@ def definitions(market: str) -> Definitions:
                 "split_version": config.split_version,
                 "dagster/row_count": manifest.num_rows,
                 "splits": MetadataValue.md(_summary_md(summary)),
+                "split_counts": MetadataValue.json(summary),
                 "drives_left_out": MetadataValue.json(left_out),
                 "kept_from_previous": len(set(previous) & set(assignment.splits)),
                 "place_groups": len(set(assignment.groups.values())),

@@ -11,6 +11,7 @@ from pathlib import Path
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from ad_common import settings
+from ad_common.stages import CURATED_SPLITS, SIGNAL_DRIFT, SPLIT_REVIEW
 from ad_platform.instance import local_instance
 from ad_resources.catalog import CATALOG_VIEWS
 
@@ -59,7 +60,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  market assets (signal drift per market)")
     # The demo's markets hold a handful of drives: half of them form the reference, the rest are compared.
     drift_run = refresh_market_assets(
-        defs, instance, console_log_level="CRITICAL", reference_drives=max(1, args.drives // 2)
+        defs,
+        instance,
+        console_log_level="CRITICAL",
+        reference_drives=max(1, args.drives // 2),
+        markets=tuple(markets),
     )
     drift_ok = drift_run.success
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
@@ -82,6 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  FAILED {o.market}/{o.drive_id}: {' '.join((o.error or '').split())}{why}")
     _print_catalog_summary()
     _print_drift_summary(drift_run)
+    _print_splits_summary(drift_run)
     _print_metrics_summary(defs, instance)
     print(
         f"\nlake: {settings.lake_dir()}\n"
@@ -111,12 +117,31 @@ def _print_drift_summary(run: ExecuteInProcessResult) -> None:
     checks = {e.asset_key: e for e in run.get_asset_check_evaluations()} if run.success else {}
     for event in run.get_asset_materialization_events():
         key, metadata = event.asset_key, event.materialization.metadata
+        if key.path[-1] != SIGNAL_DRIFT.name:
+            continue
         check = checks.get(key)
         verdict = (check.description or check.metadata["status"].value) if check else "no check result"
         print(
             f"  {key.path[0].upper()}: compared {metadata['new_drives'].value} new drive(s) against "
             f"{metadata['reference_drives'].value} reference drive(s): {verdict}"
         )
+
+
+def _print_splits_summary(run: ExecuteInProcessResult) -> None:
+    print("\ncurated splits per market (drives / kept frames; checks):")
+    checks: dict[str, list[str]] = {}
+    for e in run.get_asset_check_evaluations():
+        if e.asset_key.path[-1] == CURATED_SPLITS.name:
+            checks.setdefault(e.asset_key.path[0], []).append(f"{e.check_name} {'ok' if e.passed else 'FAILED'}")
+    for event in run.get_asset_materialization_events():
+        key, metadata = event.asset_key, event.materialization.metadata
+        if key.path[-1] == SPLIT_REVIEW.name:
+            print(f"  {key.path[0].upper()} review page: {metadata['review_page'].value}")
+        if key.path[-1] != CURATED_SPLITS.name:
+            continue
+        counts = metadata["split_counts"].value
+        splits = ", ".join(f"{s} {c['drives']}/{c['frames']}" for s, c in counts.items())
+        print(f"  {key.path[0].upper()} {metadata['split_version'].value}: {splits}; {', '.join(checks[key.path[0]])}")
 
 
 def _print_metrics_summary(defs: Definitions, instance: DagsterInstance) -> None:

@@ -15,7 +15,7 @@ from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, Sensor
 
 from ad_common import settings
 from ad_common.markets import MARKETS
-from ad_common.stages import MARKET_ASSETS_JOB, SIGNAL_DRIFT
+from ad_common.stages import MARKET_ASSETS_JOB, SIGNAL_DRIFT, job_asset_keys
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, evaluate_landing
 
 CURSOR_FILE = "run_once_cursor.json"
@@ -117,19 +117,24 @@ def refresh_market_assets(
     instance: DagsterInstance,
     console_log_level: str = "WARNING",
     reference_drives: int | None = None,
+    markets: tuple[str, ...] = MARKETS,
 ) -> ExecuteInProcessResult:
-    """Materialize the market-level assets (the schedule's job) once, e.g. after a batch of drives.
+    """Materialize the market-level assets (the schedule's job) of ``markets`` once, e.g. after a batch of drives.
 
     ``reference_drives`` overrides how many drives form each market's drift reference (the demo's fleet is
-    far smaller than a real market's)."""
+    far smaller than a real market's). Markets without drives are left out: their splits would (rightly) fail
+    their checks with "no data"."""
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
     if reference_drives is not None:
         run_config["ops"] = {
             SIGNAL_DRIFT.key(m).to_python_identifier(): {"config": {"reference_drives": reference_drives}}
-            for m in MARKETS
+            for m in markets
         }
     return defs.resolve_job_def(MARKET_ASSETS_JOB.name).execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config
+        instance=instance,
+        raise_on_error=False,
+        run_config=run_config,
+        asset_selection=job_asset_keys(MARKET_ASSETS_JOB, markets),
     )
 
 

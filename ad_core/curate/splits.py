@@ -168,7 +168,10 @@ def assign_splits(
     for members in free:
         drives = [by_id[d] for d in members]
         best: tuple[float, str] | None = None
-        for s in SPLITS:
+        # An empty split is filled first (evaluation splits before train): no split may stay empty while
+        # groups are left, and a tag cost cannot see a split without frames.
+        empty = [s for s in reversed(SPLITS) if not tally.frames[s]]
+        for s in empty or SPLITS:
             tally.add(s, drives)
             cost = tally.cost(config, shares)
             tally.add(s, drives, -1)
