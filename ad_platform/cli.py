@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     run_once_parser.set_defaults(func=cmd_run_once)
 
     demo = sub.add_parser("demo", help="generate a small fleet and materialize the whole graph")
-    demo.add_argument("--drives", type=int, default=2, help="drives per market")
+    demo.add_argument("--drives", type=int, default=5, help="drives per market")
     demo.add_argument("--markets", default="de,us,cn,jp")
-    demo.add_argument("--minutes", type=float, default=2.0)
+    demo.add_argument("--minutes", type=float, default=1.0)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--no-bad-drives",
