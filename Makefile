@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor clean lock deploy-check checkov
+.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor bench-curate clean lock deploy-check checkov
 
 venv: $(STAMP)
 
@@ -64,6 +64,9 @@ bench-ingest: $(STAMP)
 
 bench-sync: $(STAMP)
 	$(PY) benchmarks/bench_sync.py
+
+bench-curate: $(STAMP)
+	$(PY) benchmarks/bench_curate.py
 
 bench-sensor: $(STAMP)
 	$(PY) benchmarks/bench_sensor_postgres.py
