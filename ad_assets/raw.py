@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from ad_assets.stage_asset import stage_asset_args
+from ad_common.formats import printable
 from ad_common.lake_layout import RAW_FILES, registry_path
 from ad_common.stages import LANDED_AT_TAG, RAW_DRIVE, VEHICLE_DBC
 from ad_core.inspect import InvalidLogError, LogInventory, inspect_file
@@ -69,11 +70,25 @@ def register_drive(
     """
     quarantined = landing.quarantined(market, drive_id)
     if quarantined:
-        listing = "; ".join(f"{q['file']}: {q['reason']}" for q in quarantined)
+        listing = "; ".join(f"{printable(q['file'])}: {q['reason']}" for q in quarantined)
         raise Failure(
             description=f"drive {market}/{drive_id} has quarantined files ({listing}). Fix or remove them in the "
             "quarantine area, then re-land the drive.",
             metadata={"quarantined": MetadataValue.json(quarantined)},
+        )
+    refused = landing.refused_entries(market, drive_id)
+    if refused:
+        # Never read (so never hashed, and nothing they point to reaches a message or the catalog).
+        moved = [
+            landing.quarantine(market, drive_id, r.name, f"{printable(r.name)} {r.reason}")
+            for r in refused
+            if r.name != "."
+        ]
+        listing = "; ".join(f"{printable(r.name)} {r.reason}" if r.name != "." else r.reason for r in refused)
+        raise Failure(
+            description=f"drive {market}/{drive_id}: refused: {listing}."
+            + (f" Quarantined to {', '.join(moved)}." if moved else ""),
+            metadata={"refused": MetadataValue.json([{"file": r.name, "reason": r.reason} for r in refused])},
         )
     files = landing.drive_files(market, drive_id)
     if not files:
@@ -87,10 +102,11 @@ def register_drive(
             except InvalidLogError as exc:
                 where = landing.quarantine(market, drive_id, stat.name, exc.reason)
                 raise Failure(
-                    description=f"drive {market}/{drive_id}: file {stat.name} {exc.reason}. Quarantined to {where}.",
+                    description=f"drive {market}/{drive_id}: file {printable(stat.name)} {exc.reason}. "
+                    f"Quarantined to {printable(where)}.",
                     metadata={"file": stat.name, "reason": exc.reason, "quarantined_to": where},
                 ) from exc
-        log.info(f"{market}/{drive_id}: {stat.name} ok ({stat.size / 1e6:.1f} MB)")
+        log.info(f"{market}/{drive_id}: {printable(stat.name)} ok ({stat.size / 1e6:.1f} MB)")
 
     fingerprint = drive_fingerprint(inventories)
     previous = lake.read_json(registry_path(market, drive_id))

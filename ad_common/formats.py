@@ -54,3 +54,11 @@ def sniff(head: bytes) -> tuple[Literal["mdf", "mcap"] | None, str]:
     if head[1:5] == b"MCAP":
         return None, "an MCAP with a damaged magic (line-ending conversion?)"
     return None, f"of unknown format (magic {head[:8]!r})"
+
+
+def printable(name: str) -> str:
+    """A landed name safe to put in a log line or message: as is when printable, else its escaped repr.
+
+    Folder and file names come from uploaders: a newline in one would forge a log line, an escape sequence
+    would rewrite the terminal."""
+    return name if name.isprintable() else repr(name)

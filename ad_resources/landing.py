@@ -3,6 +3,10 @@
 Sensors and assets only talk to a :class:`LandingZone`; where the bytes live (a local folder here, S3 in
 production) is the resource's business. Folders whose name starts with ``_`` are not drives:
 ``<market>/_dbc/*.dbc`` holds the market's DBC files and ``_quarantine/`` the files that failed validation.
+
+Only regular files inside the landing root are data. A symbolic link (to ``/etc/shadow``, to another drive) or
+a FIFO/socket/device in a drive folder is *refused*: listed with the reason, never opened, hashed or followed,
+so nothing outside the landing zone can reach the catalog, a message or a quarantine reason.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat as stat_mode
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +26,7 @@ from typing import Any
 
 from dagster import ConfigurableResource
 
-from ad_common.formats import MANIFEST_NAME
+from ad_common.formats import MANIFEST_NAME, printable
 from ad_common.hashing import sha256_file
 
 DRIVE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
@@ -43,14 +48,39 @@ class FileStat:
 
 
 @dataclass(frozen=True)
+class RefusedEntry:
+    """An entry of a drive folder that is not read: ``name`` is ``"."`` when the drive folder itself is refused."""
+
+    name: str
+    mtime_ns: int  # of the entry itself (lstat), never of what a link points to
+    reason: str
+
+
+class RefusedEntryError(PermissionError):
+    """A caller asked to read an entry the landing zone refuses (a link, not a regular file)."""
+
+
+LINK_REASON = (
+    "is a symbolic link; links are never followed (a link can point outside the landing zone): "
+    "copy the file itself into the drive folder"
+)
+DRIVE_LINK_REASON = (
+    "the drive folder is a symbolic link; links are never followed (a link can point outside the landing "
+    "zone): copy the drive's files into a real folder"
+)
+NOT_REGULAR_REASON = "is not a regular file (FIFO, socket or device): only regular files are read"
+
+
+@dataclass(frozen=True)
 class DriveListing:
     market: str
     drive_id: str
     files: tuple[FileStat, ...]
+    refused: tuple[RefusedEntry, ...] = ()
 
     @property
     def mtime_ns(self) -> int:
-        return max((f.mtime_ns for f in self.files), default=0)
+        return max([f.mtime_ns for f in self.files] + [r.mtime_ns for r in self.refused], default=0)
 
     @property
     def total_bytes(self) -> int:
@@ -65,6 +95,14 @@ class LandingZone(ConfigurableResource):
 
     def drive_files(self, market: str, drive_id: str) -> list[FileStat]:
         raise NotImplementedError
+
+    def refused_entries(self, market: str, drive_id: str) -> list[RefusedEntry]:
+        """Entries of the drive folder that are not read (links, special files); object stores have none."""
+        return []
+
+    def refused_dbc(self, market: str) -> list[RefusedEntry]:
+        """Entries of ``<market>/_dbc/`` that are not read."""
+        return []
 
     def local_file(self, market: str, drive_id: str, name: str) -> contextlib.AbstractContextManager[Path]:
         """A local path to read the file from (a download for remote stores), valid inside the context."""
@@ -120,14 +158,25 @@ class LocalLandingZone(LandingZone):
         return self._root / market / drive_id
 
     @staticmethod
-    def _stats(folder: Path) -> list[FileStat]:
-        stats = []
+    def _scan(folder: Path) -> tuple[list[FileStat], list[RefusedEntry]]:
+        """Regular files (not hidden) and refused entries of a folder; nothing is followed or opened."""
+        if folder.is_symlink():
+            return [], [RefusedEntry(".", folder.lstat().st_mtime_ns, DRIVE_LINK_REASON)]
+        if not folder.is_dir():
+            return [], []
+        stats, refused = [], []
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_file() and not entry.name.startswith("."):
-                    st = entry.stat()
+                if entry.name.startswith("."):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat_mode.S_ISREG(st.st_mode):
                     stats.append(FileStat(entry.name, st.st_size, st.st_mtime_ns))
-        return sorted(stats, key=lambda f: f.name)
+                elif stat_mode.S_ISLNK(st.st_mode):
+                    refused.append(RefusedEntry(entry.name, st.st_mtime_ns, LINK_REASON))
+                elif not stat_mode.S_ISDIR(st.st_mode):
+                    refused.append(RefusedEntry(entry.name, st.st_mtime_ns, NOT_REGULAR_REASON))
+        return sorted(stats, key=lambda f: f.name), sorted(refused, key=lambda r: r.name)
 
     def list_drives(self, markets: Sequence[str]) -> Iterator[DriveListing]:
         for market in markets:
@@ -136,26 +185,41 @@ class LocalLandingZone(LandingZone):
                 continue
             with os.scandir(market_dir) as entries:
                 for entry in entries:
+                    # is_dir() follows links: a linked drive folder is listed, and refused by _scan
                     if entry.is_dir() and not entry.name.startswith(("_", ".")):
-                        files = self._stats(Path(entry.path))
-                        if files:
-                            yield DriveListing(market, entry.name, tuple(files))
+                        files, refused = self._scan(Path(entry.path))
+                        if files or refused:
+                            yield DriveListing(market, entry.name, tuple(files), tuple(refused))
 
     def drive_files(self, market: str, drive_id: str) -> list[FileStat]:
-        folder = self._drive_dir(market, drive_id)
-        return self._stats(folder) if folder.is_dir() else []
+        return self._scan(self._drive_dir(market, drive_id))[0]
+
+    def refused_entries(self, market: str, drive_id: str) -> list[RefusedEntry]:
+        return self._scan(self._drive_dir(market, drive_id))[1]
+
+    def _regular(self, path: Path) -> Path:
+        """``path`` if it is a regular file reached without any link; else :class:`RefusedEntryError`."""
+        relative = path.relative_to(self._root)
+        for depth in range(1, len(relative.parts) + 1):
+            if (self._root / Path(*relative.parts[:depth])).is_symlink():
+                raise RefusedEntryError(f"{printable(str(relative))} {LINK_REASON}")
+        if path.exists() and not path.is_file():
+            raise RefusedEntryError(f"{printable(str(relative))} {NOT_REGULAR_REASON}")
+        return path
 
     @contextlib.contextmanager
     def local_file(self, market: str, drive_id: str, name: str) -> Iterator[Path]:
-        yield self._drive_dir(market, drive_id) / name
+        yield self._regular(self._drive_dir(market, drive_id) / name)
 
     def dbc_files(self, market: str) -> list[FileStat]:
-        folder = self._root / market / DBC_FOLDER
-        return [f for f in self._stats(folder) if f.name.lower().endswith(".dbc")] if folder.is_dir() else []
+        return [f for f in self._scan(self._root / market / DBC_FOLDER)[0] if f.name.lower().endswith(".dbc")]
+
+    def refused_dbc(self, market: str) -> list[RefusedEntry]:
+        return self._scan(self._root / market / DBC_FOLDER)[1]
 
     @contextlib.contextmanager
     def local_dbc(self, market: str, name: str) -> Iterator[Path]:
-        yield self._root / market / DBC_FOLDER / name
+        yield self._regular(self._root / market / DBC_FOLDER / name)
 
     def _quarantine_dir(self, market: str, drive_id: str) -> Path:
         return self._root / QUARANTINE_FOLDER / market / drive_id
@@ -174,7 +238,9 @@ class LocalLandingZone(LandingZone):
         }
         (target_dir / f"{name}.reason.json").write_text(json.dumps(reason_record, indent=2) + "\n")
         source = self._drive_dir(market, drive_id) / name
-        if source.exists():
+        if source.is_symlink():
+            os.rename(source, target)  # the link itself, never what it points to
+        elif source.exists():
             shutil.move(source, target)
         return str(target)
 

@@ -32,6 +32,7 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from ad_common.formats import printable
 from ad_common.hashing import sha256_file
 from ad_common.lake_layout import registry_path
 from ad_common.markets import MARKETS
@@ -92,13 +93,19 @@ def _key(listing: DriveListing) -> str:
 def stat_fingerprint(listing: DriveListing) -> str:
     """Cheap identity of what landed (names, sizes, mtimes): the run key, so a retried tick launches nothing twice."""
     text = "\n".join(f"{f.name}\0{f.size}\0{f.mtime_ns}" for f in listing.files)
+    text += "".join(f"\n{r.name}\0refused\0{r.mtime_ns}" for r in listing.refused)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def classify_known_drive(
     listing: DriveListing, registered: Mapping[str, Any], content_sha256: Callable[[str], str]
 ) -> str:
-    """'changed' or 'unchanged' for a drive the registry already holds; hashes only when sizes cannot tell."""
+    """'changed' or 'unchanged' for a drive the registry already holds; hashes only when sizes cannot tell.
+
+    A refused entry (a link, a special file) is never hashed: the registry cannot hold one, so it is a change
+    whose run fails naming it."""
+    if listing.refused:
+        return "changed"
     files = registered["files"]
     if {f.name for f in listing.files} != set(files):
         return "changed"
@@ -143,7 +150,7 @@ def plan_tick(
 
         if not DRIVE_KEY_PATTERN.match(listing.drive_id):
             plan.invalid_names.append(
-                f"{_key(listing)}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
+                f"{printable(_key(listing))}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
                 f"rename the folder to '{suggest_drive_key(listing.drive_id)}'"
             )
             continue
@@ -216,6 +223,9 @@ def evaluate_landing(
 
     for message in plan.invalid_names:
         context.log.warning(message)
+    for market in markets:
+        for entry in landing.refused_dbc(market):
+            context.log.warning(f"{market}/_dbc/{printable(entry.name)} {entry.reason}; it is not used")
     new_by_market: dict[str, list[str]] = defaultdict(list)
     run_requests = []
     for registration in plan.registrations:
