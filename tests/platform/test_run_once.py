@@ -73,7 +73,7 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AD_", "DAGSTER_HOME"))}
     env["AD_STATE_DIR"] = str(state)
     demo = subprocess.run(
-        [sys.executable, "-m", "ad_platform", "demo", "--drives", "2", "--markets", "de,jp", "--minutes", "0.4"],
+        [sys.executable, "-m", "ad_platform", "demo", "--drives", "3", "--markets", "de,jp", "--minutes", "0.4"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -81,7 +81,7 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
         timeout=900,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "4 drive run(s) materialized, 2 failed" in demo.stdout
+    assert "6 drive run(s) materialized, 2 failed" in demo.stdout
     assert "1 blocking asset check failed with ERROR severity: de/decoded_signals: no_gaps" in demo.stdout
     alerts = [line for line in (demo.stdout + demo.stderr).splitlines() if line.startswith("ALERT ")]
     assert any(line.startswith("ALERT ERROR de/decoded_signals[") and " no_gaps: " in line for line in alerts), alerts
@@ -92,20 +92,28 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
     reason = json.loads((state / "landing/_quarantine/de/de-demo-corrupt-log/recording.mcap.reason.json").read_text())
     assert "Git LFS pointer" in reason["reason"]
     # the printed catalog is ready to open: its views exist and count the decoded drives the demo reported
-    # (DE: 2 good drives + the GNSS-dropout drive, decoded before its blocking check stopped it)
-    assert re.search(r"^  DE: 3 drive\(s\), \d+ stream tables, [\d,]+ rows$", demo.stdout, re.M), demo.stdout
-    assert re.search(r"^  JP: 2 drive\(s\), \d+ stream tables", demo.stdout, re.M), demo.stdout
+    # (DE: 3 good drives + the GNSS-dropout drive, decoded before its blocking check stopped it)
+    assert re.search(r"^  DE: 4 drive\(s\), \d+ stream tables, [\d,]+ rows$", demo.stdout, re.M), demo.stdout
+    assert re.search(r"^  JP: 3 drive\(s\), \d+ stream tables", demo.stdout, re.M), demo.stdout
     with duckdb.connect(str(state / "catalog.duckdb"), read_only=True) as con:
         decoded = con.sql("SELECT market, count(DISTINCT drive_id) FROM decoded_streams GROUP BY 1 ORDER BY 1")
-        assert decoded.fetchall() == [("de", 3), ("jp", 2)]
+        assert decoded.fetchall() == [("de", 4), ("jp", 3)]
         summaries = con.sql("SELECT market, count(*) FROM drive_signal_summaries GROUP BY 1 ORDER BY 1")
-        assert summaries.fetchall() == [("de", 2), ("jp", 2)]
-    # drift compared the second drive of each market against the first (reference of 1 in the demo)
+        assert summaries.fetchall() == [("de", 3), ("jp", 3)]
+        splits = con.sql("SELECT market, split, count(*) FROM split_assignments GROUP BY ALL ORDER BY ALL")
+        assert splits.fetchall() == [(m, s, 1) for m in ("de", "jp") for s in ("test", "train", "val")]
+    # drift compared the newer drives of each market against the first (reference of 1 in the demo)
     for market in ("DE", "JP"):
-        assert re.search(rf"^  {market}: compared 1 new drive\(s\) against 1 reference drive\(s\)", demo.stdout, re.M)
+        assert re.search(rf"^  {market}: compared 2 new drive\(s\) against 1 reference drive\(s\)", demo.stdout, re.M)
+        assert re.search(
+            rf"^  {market} v1: train 1/\d+, val 1/\d+, test 1/\d+; no_drive_or_place_leakage ok, odd_quotas ok, "
+            "min_frames_per_split ok$",
+            demo.stdout,
+            re.M,
+        ), demo.stdout
     # the metrics endpoint sees the drives: every landed drive, and the decoded ones
-    assert re.search(r"^  DE: 4 landed, 3 decoded$", demo.stdout, re.M), demo.stdout
-    assert re.search(r"^  JP: 2 landed, 2 decoded$", demo.stdout, re.M), demo.stdout
+    assert re.search(r"^  DE: 5 landed, 4 decoded$", demo.stdout, re.M), demo.stdout
+    assert re.search(r"^  JP: 3 landed, 3 decoded$", demo.stdout, re.M), demo.stdout
 
     again = subprocess.run(
         [sys.executable, "-m", "ad_platform", "run-once"],

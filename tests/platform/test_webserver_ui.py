@@ -294,7 +294,7 @@ def test_asset_graph_renders_in_headless_chromium(ui: Ui) -> None:
             headless=True,
             args=CHROMIUM_FLAGS,
             # Tall enough that the 4-market graph renders full nodes (with partition health), not compact ones.
-            viewport={"width": 1800, "height": 2600},
+            viewport={"width": 2400, "height": 4400},
             timeout=60_000,
         )
         try:
