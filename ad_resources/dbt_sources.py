@@ -12,6 +12,7 @@ translator (``ad_assets/metadata_catalog.py``) turns it into per-market asset de
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from ad_common.lake_layout import CATALOG_RECORDS, CatalogRecord
 from ad_common.settings import REPO_ROOT
 from ad_resources.catalog import duckdb_columns
 
-DBT_PROJECT_DIR = REPO_ROOT / "dbt_metadata"
+# AD_DBT_PROJECT_DIR: where the project is when the code runs installed (the image sets it); default: the checkout's.
+DBT_PROJECT_DIR = Path(os.environ.get("AD_DBT_PROJECT_DIR", REPO_ROOT / "dbt_metadata")).resolve()
 SOURCES_FILE = DBT_PROJECT_DIR / "models" / "lake" / "_lake__sources.yml"
 SOURCE_NAME = "lake"
 
