@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor bench-curate clean lock deploy-check checkov
+.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor bench-curate clean lock deploy-check checkov dbt-manifest dbt-docs
 
 venv: $(STAMP)
 
@@ -39,15 +39,29 @@ lock: $(STAMP)
 	$(PIP_COMPILE) --extra dev -o $(DEV_LOCK) pyproject.toml
 	$(PIP_COMPILE) -c $(DEV_LOCK) -o $(LOCK) pyproject.toml
 
-demo: $(STAMP)
+# The dbt metadata catalog's manifest, prepared offline at build time (@dbt_assets reads it at import); rebuilt
+# when a file of the project changes. `dbt parse` needs no database and no network.
+DBT_DIR := dbt_metadata
+DBT_MANIFEST := $(DBT_DIR)/target/manifest.json
+DBT_FILES := $(shell find $(DBT_DIR) -path $(DBT_DIR)/target -prune -o -path $(DBT_DIR)/logs -prune -o -type f -print)
+$(DBT_MANIFEST): $(STAMP) $(DBT_FILES)
+	cd $(DBT_DIR) && $(abspath $(VENV))/bin/dbt parse --quiet
+	touch $(DBT_MANIFEST)
+dbt-manifest: $(DBT_MANIFEST)
+
+# dbt docs over the built metadata catalog (after `make demo`): $(DBT_DIR)/target/index.html, offline.
+dbt-docs: $(DBT_MANIFEST)
+	cd $(DBT_DIR) && $(abspath $(VENV))/bin/dbt docs generate --vars '{"lake_root": "$(AD_LAKE_DIR)", "metadata_path": "$(AD_STATE_DIR)/metadata.duckdb"}'
+
+demo: $(STAMP) $(DBT_MANIFEST)
 	$(PY) -m ad_platform demo --drives $(DEMO_DRIVES) --markets $(DEMO_MARKETS) --minutes $(DEMO_MINUTES)
 
-test: $(STAMP)
+test: $(STAMP) $(DBT_MANIFEST)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -rs -q $(PYTEST_ARGS)
 
-dev: $(STAMP)
+dev: $(STAMP) $(DBT_MANIFEST)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

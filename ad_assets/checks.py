@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+import pyarrow as pa
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey, MetadataValue
 
+from ad_common.lake_layout import DRIVE_CHECKS, drive_checks_path, registry_path
 from ad_core.decode.parquet_out import snake
 from ad_core.quality.profile import SignalProfile, StreamProfile
 from ad_core.quality.rules import QualityRule, profile_tables
+from ad_resources.lake import Lake
 from ad_resources.quality import GreatExpectationsResource, SuiteOutcome
+
+# Metadata key every per-drive check result carries: the drives of the step that failed it. The drive_checks
+# catalog record (the dbt catalog's QA status per drive) is derived from it.
+FAILED_DRIVES = "failed_drives"
 
 
 def check_specs(asset_key: AssetKey, rules: Sequence[QualityRule]) -> list[AssetCheckSpec]:
@@ -76,7 +84,7 @@ def evaluate_rules(
         metadata: dict[str, Any] = {
             "drives_checked": len(outcomes),
             "rows_checked": sum(len(t[rule.table]) for t in tables.values()),
-            "failed_drives": MetadataValue.json(sorted(failed)),
+            FAILED_DRIVES: MetadataValue.json(sorted(failed)),
             "failing_rows": sum(f.unexpected_count for o in failed.values() for f in o.failures),
         }
         if failed:
@@ -92,3 +100,44 @@ def evaluate_rules(
             )
         )
     return results
+
+
+def record_drive_checks(
+    context: AssetExecutionContext,
+    lake: Lake,
+    market: str,
+    stage: str,
+    drive_ids: Iterable[str],
+    results: Sequence[AssetCheckResult],
+) -> None:
+    """Write each drive's outcome of ``results`` as its ``drive_checks`` record (one file per drive and stage).
+
+    A drive failed a check when the result's ``failed_drives`` metadata names it; a result without that key
+    applies to every drive of the step.
+    """
+    specs = {spec.name: spec for spec in context.assets_def.check_specs}
+    now = time.time_ns()
+    for drive_id in drive_ids:
+        version = (lake.read_json(registry_path(market, drive_id)) or {}).get("version")
+        rows = []
+        for result in results:
+            failed = result.metadata.get(FAILED_DRIVES)
+            passed = drive_id not in failed.value if failed is not None else result.passed  # type: ignore[operator]
+            spec = specs.get(str(result.check_name))
+            rows.append(
+                {
+                    "market": market,
+                    "drive_id": drive_id,
+                    "drive_version": version,
+                    "stage": stage,
+                    "asset_key": (result.asset_key or context.asset_key).to_user_string(),
+                    "check_name": result.check_name,
+                    "passed": bool(passed),
+                    "severity": result.severity.value,
+                    "blocking": bool(spec and spec.blocking),
+                    "description": result.description,
+                    "run_id": context.run_id,
+                    "evaluated_at_ns": now,
+                }
+            )
+        lake.write_table(drive_checks_path(market, drive_id, stage), pa.Table.from_pylist(rows, DRIVE_CHECKS.schema))

@@ -24,6 +24,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from ad_assets.checks import FAILED_DRIVES, record_drive_checks
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.hashing import sha256_file
 from ad_common.lake_layout import (
@@ -231,10 +232,11 @@ def definitions(market: str) -> Definitions:
             check_name=ODD_KNOWN_CHECK,
             passed=not unknown,
             severity=AssetCheckSeverity.WARN,
-            metadata={"unknown": MetadataValue.json(unknown)},
+            metadata={"unknown": MetadataValue.json(unknown), FAILED_DRIVES: MetadataValue.json(sorted(unknown))},
             description="; ".join(f"{d}: {t} unknown ({why})" for d, u in unknown.items() for t, why in u.items())
             or None,
         )
+        record_drive_checks(context, lake, market, ODD_TAGS_STAGE.name, records, [check])
         first = next(iter(records.values()))
         metadata: dict[str, Any] = {
             "drives": len(records),

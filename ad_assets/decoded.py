@@ -16,7 +16,7 @@ from dagster import (
     asset,
 )
 
-from ad_assets.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates
+from ad_assets.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates, record_drive_checks
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.formats import classify
 from ad_common.lake_layout import DECODED_STREAMS, decoded_path
@@ -135,6 +135,7 @@ def definitions(market: str) -> Definitions:
         checks = evaluate_rules(
             key, DECODED_RULES, decoded_tables({d: x.profiles for d, x in drives.items()}), great_expectations
         )
+        record_drive_checks(context, lake, market, DECODED_SIGNALS.name, drives, checks)
         if len(drives) == 1:
             ((drive_id, decoded),) = drives.items()
             metadata = _report_metadata(decoded.report, lake, market, drive_id)

@@ -19,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from ad_assets.checks import check_specs, evaluate_rules
+from ad_assets.checks import FAILED_DRIVES, check_specs, evaluate_rules, record_drive_checks
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.lake_layout import DRIVE_SIGNAL_SUMMARIES, FRAMES_FILE, decoded_path, registry_path, synced_path
 from ad_common.stages import LATENESS_CHECK, LATENESS_SLO, SYNCED_FRAMES
@@ -100,7 +100,11 @@ def _lateness(
         check_name=LATENESS_CHECK,
         passed=not late,
         severity=AssetCheckSeverity.WARN,
-        metadata={"late_drives": MetadataValue.json(late), "hours_since_landing": MetadataValue.json(hours)},
+        metadata={
+            "late_drives": MetadataValue.json(late),
+            FAILED_DRIVES: MetadataValue.json(late),
+            "hours_since_landing": MetadataValue.json(hours),
+        },
     )
 
 
@@ -137,6 +141,7 @@ def definitions(market: str, lateness_slo: timedelta = LATENESS_SLO) -> Definiti
             *evaluate_rules(key, SYNCED_RULES, tables, great_expectations),
             _lateness(key, lake, market, synced, lateness_slo),
         ]
+        record_drive_checks(context, lake, market, SYNCED_FRAMES.name, synced, checks)
         if len(synced) == 1:
             ((drive_id, (report, _)),) = synced.items()
             metadata = _metadata(report, lake, market, drive_id)

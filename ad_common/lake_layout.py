@@ -19,6 +19,7 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     review/<market>/rejections/*.csv                       reviewer rejections (drive_id, frame_index, reason, ...)
     reports/curated_splits/<market>/<split_version>/       split_review: contact sheet, review page, FiftyOne export
     catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
+    catalog/drive_checks/<market>/<drive_id>@<stage>.parquet  a per-drive stage's asset-check outcomes for one drive
 
 Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
 :func:`is_hidden` decides that on the lake-relative path, never on the absolute one (the embedded default
@@ -264,6 +265,35 @@ SPLIT_ASSIGNMENTS = CatalogRecord(
     ),
 )
 
+DRIVE_CHECKS = CatalogRecord(
+    name="drive_checks",
+    description="One row per asset check of a per-drive stage and drive: passed or not, severity, blocking, run. "
+    "Written by the stage with its check results; one file per drive and stage (the dbt catalog's QA status).",
+    folder="catalog/drive_checks",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("drive_id", pa.string()),
+            ("drive_version", pa.int64()),  # the registered version the checks ran on (null if unregistered)
+            ("stage", pa.string()),  # the stage table's name (decoded_signals, synced_frames, odd_tags)
+            ("asset_key", pa.string()),
+            ("check_name", pa.string()),
+            ("passed", pa.bool_()),
+            ("severity", pa.string()),  # ERROR or WARN
+            ("blocking", pa.bool_()),
+            ("description", pa.string()),
+            ("run_id", pa.string()),
+            ("evaluated_at_ns", pa.int64()),
+        ]
+    ),
+)
+
+
+def drive_checks_path(market: str, drive_id: str, stage: str) -> str:
+    """One file per drive and stage ('@' never occurs in a drive key), so a stage rewrites only its own rows."""
+    return f"{DRIVE_CHECKS.folder}/{market}/{drive_id}@{stage}.{DRIVE_CHECKS.file_format}"
+
+
 CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     RAW_FILES,
     DECODED_STREAMS,
@@ -271,4 +301,5 @@ CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     DRIVE_REGISTRY,
     DRIVE_ODD_TAGS,
     SPLIT_ASSIGNMENTS,
+    DRIVE_CHECKS,
 )

@@ -29,6 +29,12 @@ def catalog_path() -> Path:
     return Path(os.environ.get("AD_CATALOG_PATH", state_dir() / "catalog.duckdb")).resolve()
 
 
+def metadata_catalog_path() -> Path:
+    """AD_METADATA_CATALOG_PATH: the DuckDB file the dbt metadata catalog (dbt_metadata/) builds its models into.
+    Default ``$AD_STATE_DIR/metadata.duckdb``."""
+    return Path(os.environ.get("AD_METADATA_CATALOG_PATH", state_dir() / "metadata.duckdb")).resolve()
+
+
 def dagster_home() -> Path:
     """DAGSTER_HOME: the local (SQLite) Dagster instance. Default ``$AD_STATE_DIR/dagster_home``."""
     return Path(os.environ.get("DAGSTER_HOME", state_dir() / "dagster_home")).resolve()

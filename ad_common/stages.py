@@ -318,6 +318,16 @@ MARKET_ASSETS_JOB = JobSpec(
     cron="17 * * * *",
 )
 JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB)
+# The dbt metadata catalog (group "catalog", ad_assets/metadata_catalog.py): not a stage of the table, its assets
+# are the dbt models. Hourly, after the market assets (:17) have written the splits.
+METADATA_CATALOG_JOB = JobSpec(
+    name="metadata_catalog",
+    per_market=False,
+    run_stage="catalog",
+    description="dbt build of the metadata catalog (dbt_metadata/): models over the lake's catalog records of every "
+    "market and their dbt tests as asset checks.",
+    cron="47 * * * *",
+)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from ad_common import settings
-from ad_common.stages import CURATED_SPLITS, SIGNAL_DRIFT, SPLIT_REVIEW
+from ad_common.stages import CURATED_SPLITS, METADATA_CATALOG_JOB, SIGNAL_DRIFT, SPLIT_REVIEW
 from ad_platform.instance import local_instance
 from ad_resources.catalog import CATALOG_VIEWS
 
@@ -67,6 +67,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         markets=tuple(markets),
     )
     drift_ok = drift_run.success
+    print("  metadata catalog (dbt build of dbt_metadata/)")
+    catalog_run = defs.resolve_job_def(METADATA_CATALOG_JOB.name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_quiet()
+    )
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
@@ -88,16 +92,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_catalog_summary()
     _print_drift_summary(drift_run)
     _print_splits_summary(drift_run)
+    _print_metadata_catalog_summary(catalog_run)
     _print_metrics_summary(defs, instance)
     print(
         f"\nlake: {settings.lake_dir()}\n"
         f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
+        f"metadata catalog (dbt models, docs/catalog.md): duckdb -readonly {settings.metadata_catalog_path()}\n"
         "UI: run `make dev` and open http://127.0.0.1:3000 (asset checks and failed runs are under each asset)"
     )
     unexpected = [o for o in failed if o.drive_id not in expected_failures]
     if not drift_ok:
         print("  FAILED market assets run (see the UI)")
-    return 1 if unexpected or not drift_ok else 0
+    if not catalog_run.success:
+        print("  FAILED metadata catalog run (a dbt model or test failed; see the UI)")
+    return 1 if unexpected or not drift_ok or not catalog_run.success else 0
+
+
+def _quiet() -> dict[str, object]:
+    return {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def _print_metadata_catalog_summary(run: ExecuteInProcessResult) -> None:
+    """The dbt models' row counts and the dbt tests' outcome (asset checks of the catalog/<model> assets)."""
+    from ad_resources.s3 import resources_from_env
+
+    checks = run.get_asset_check_evaluations()
+    failed = sorted(f"{e.asset_key.path[-1]}.{e.check_name}" for e in checks if not e.passed)
+    print(f"\nmetadata catalog (dbt): {len(checks) - len(failed)}/{len(checks)} dbt tests passed {failed or ''}")
+    if not run.success and not checks:
+        return
+    metadata = resources_from_env()["metadata_catalog"]
+    for model in ("drives", "streams", "drive_qa_status", "split_assignments", "split_summary"):
+        print(f"  {model}: {metadata.query(f'select count(*) from {model}')[0][0]} rows")
+    for market, status, drives in metadata.query(
+        "select market, qa_status, count(*) from drive_qa_status group by all order by all"
+    ):
+        print(f"  {market.upper()} QA {status}: {drives} drive(s)")
 
 
 def _print_catalog_summary() -> None:

@@ -15,9 +15,17 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import curated, decoded, drift, raw, synced
+from ad_assets import curated, decoded, drift, metadata_catalog, raw, synced
 from ad_common.markets import MARKETS
-from ad_common.stages import JOBS, LATENESS_SLO, JobSpec, alerted_asset_keys, job_asset_keys, stage_run_tags
+from ad_common.stages import (
+    JOBS,
+    LATENESS_SLO,
+    METADATA_CATALOG_JOB,
+    JobSpec,
+    alerted_asset_keys,
+    job_asset_keys,
+    stage_run_tags,
+)
 from ad_platform.json_logging import platform_loggers
 from ad_resources.alerts import AlertWebhook
 from ad_resources.quality import GreatExpectationsResource
@@ -58,6 +66,13 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         )
     ]
     jobs = {spec.name: _jobs(spec) for spec in JOBS}
+    catalog_job = define_asset_job(
+        name=METADATA_CATALOG_JOB.name,
+        selection=AssetSelection.groups(metadata_catalog.CATALOG_GROUP),
+        tags=stage_run_tags(METADATA_CATALOG_JOB.run_stage),
+        description=METADATA_CATALOG_JOB.description,
+    )
+    jobs[METADATA_CATALOG_JOB.name] = [catalog_job]
     webhook_url = os.environ.get("AD_ALERT_WEBHOOK_URL")
     platform = Definitions(
         jobs=[job for group in jobs.values() for job in group],
@@ -67,7 +82,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         ],
         schedules=[
             ScheduleDefinition(job=job, cron_schedule=spec.cron)
-            for spec in JOBS
+            for spec in (*JOBS, METADATA_CATALOG_JOB)
             if spec.cron
             for job in jobs[spec.name]
         ],
@@ -76,11 +91,13 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         resources={
             **resources_from_env(),
             "great_expectations": GreatExpectationsResource(),
+            # dbt_metadata/ (manifest prepared at build time); where it reads and writes: "metadata_catalog".
+            "dbt": metadata_catalog.dbt_cli_resource(),
             # EnvVar keeps the (often secret) URL out of the UI; unset: alerts are only logged.
             "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
         },
     )
-    return Definitions.merge(*stages, platform)
+    return Definitions.merge(*stages, metadata_catalog.definitions(), platform)
 
 
 defs = build_definitions()

@@ -29,12 +29,21 @@ def _reader_sql(record: CatalogRecord, folder_uri: str) -> str:
     return f"read_parquet('{glob}', union_by_name = true)"
 
 
+def duckdb_columns(record: CatalogRecord, con: duckdb.DuckDBPyConnection | None = None) -> list[tuple[str, str]]:
+    """The record's columns as (name, DuckDB type) in schema order: what its Arrow schema reads as in DuckDB."""
+    own = con is None
+    con = con or duckdb.connect()
+    try:
+        relation = con.from_arrow(record.schema.empty_table())
+        return [(name, str(dtype)) for name, dtype in zip(relation.columns, relation.types, strict=True)]
+    finally:
+        if own:
+            con.close()
+
+
 def _empty_sql(con: duckdb.DuckDBPyConnection, record: CatalogRecord) -> str:
     """A zero-row SELECT with the record's column names and DuckDB types."""
-    relation = con.from_arrow(record.schema.empty_table())
-    columns = ", ".join(
-        f'CAST(NULL AS {dtype}) AS "{name}"' for name, dtype in zip(relation.columns, relation.types, strict=True)
-    )
+    columns = ", ".join(f'CAST(NULL AS {dtype}) AS "{name}"' for name, dtype in duckdb_columns(record, con))
     return f"SELECT {columns} WHERE false"
 
 
@@ -63,3 +72,34 @@ class DuckDBCatalog(ConfigurableResource):
     def query(self, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
         with self.connect() as con:
             return con.execute(sql, params or []).fetchall()
+
+    @contextlib.contextmanager
+    def records_root(self) -> Iterator[str]:
+        """The folder or URI under which DuckDB finds the record folders (``<root>/<record.folder>/*/*.<ext>``).
+
+        The lake's own root here (a local folder, or ``s3://`` where DuckDB has httpfs); the S3-mirrored catalog
+        yields its local mirror after syncing it. The dbt project reads the records under this root.
+        """
+        yield self.lake.uri("").rstrip("/")
+
+
+class MetadataCatalog(ConfigurableResource):
+    """The dbt metadata catalog: the DuckDB file that ``dbt_metadata/`` builds its models into, from the records
+    that ``records`` (the catalog over the lake) finds. Query it read-only with ``duckdb <path>``."""
+
+    path: str
+    records: DuckDBCatalog
+
+    @contextlib.contextmanager
+    def dbt_vars(self) -> Iterator[dict[str, str]]:
+        """The ``--vars`` of a dbt command: where the records are and which DuckDB file the models go to."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self.records.records_root() as root:
+            yield {"lake_root": root, "metadata_path": self.path}
+
+    def query(self, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+        con = duckdb.connect(self.path, read_only=True)
+        try:
+            return con.execute(sql, params or []).fetchall()
+        finally:
+            con.close()

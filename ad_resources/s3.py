@@ -34,7 +34,7 @@ from pydantic import PrivateAttr
 from ad_common import settings
 from ad_common.atomic import write_bytes_atomic
 from ad_common.lake_layout import CATALOG_RECORDS, is_hidden
-from ad_resources.catalog import DuckDBCatalog
+from ad_resources.catalog import DuckDBCatalog, MetadataCatalog
 from ad_resources.lake import Lake, LocalLake
 from ad_resources.landing import (
     DBC_FOLDER,
@@ -341,6 +341,12 @@ class S3MirroredCatalog(DuckDBCatalog):
         with DuckDBCatalog(path=self.path, lake=LocalLake(root=self.mirror_dir)).connect() as con:
             yield con
 
+    @contextlib.contextmanager
+    def records_root(self) -> Iterator[str]:
+        for record in CATALOG_RECORDS:
+            self.lake.mirror(record.folder, Path(self.mirror_dir))
+        yield str(Path(self.mirror_dir))
+
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
@@ -366,14 +372,19 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
     else:
         landing = LocalLandingZone(root=str(settings.landing_dir()))
     catalog_path = str(settings.catalog_path())
+    catalog: DuckDBCatalog
+    lake: Lake
     if lake_url:
         bucket, prefix = parse_s3_url(lake_url)
-        s3_lake = S3Lake(s3=s3, bucket=bucket, prefix=prefix)
+        lake = S3Lake(s3=s3, bucket=bucket, prefix=prefix)
         mirror = str(settings.state_dir() / "catalog-mirror")
-        return {
-            "landing": landing,
-            "lake": s3_lake,
-            "catalog": S3MirroredCatalog(path=catalog_path, lake=s3_lake, mirror_dir=mirror),
-        }
-    lake = LocalLake(root=str(settings.lake_dir()))
-    return {"landing": landing, "lake": lake, "catalog": DuckDBCatalog(path=catalog_path, lake=lake)}
+        catalog = S3MirroredCatalog(path=catalog_path, lake=lake, mirror_dir=mirror)
+    else:
+        lake = LocalLake(root=str(settings.lake_dir()))
+        catalog = DuckDBCatalog(path=catalog_path, lake=lake)
+    return {
+        "landing": landing,
+        "lake": lake,
+        "catalog": catalog,
+        "metadata_catalog": MetadataCatalog(path=str(settings.metadata_catalog_path()), records=catalog),
+    }
