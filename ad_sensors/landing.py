@@ -77,13 +77,34 @@ class Registration:
         return f"{_key(self.listing)}@{stat_fingerprint(self.listing)}"
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A landed folder that is not ingested (yet), and why: what run-once reports beside its runs."""
+
+    market: str
+    drive_id: str  # printable (escaped) form of the folder name
+    status: str  # invalid_name | skipped | settling
+    message: str
+
+
 @dataclass
 class TickPlan:
     registrations: list[Registration] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    invalid_names: list[str] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
     remaining: int = 0
     cursor: LandingCursor = field(default_factory=LandingCursor)
+
+    def messages(self, status: str) -> list[str]:
+        return [n.message for n in self.notices if n.status == status]
+
+    @property
+    def invalid_names(self) -> list[str]:
+        return self.messages("invalid_name")
+
+    @property
+    def settling(self) -> list[str]:
+        return self.messages("settling")
 
 
 def _key(listing: DriveListing) -> str:
@@ -118,6 +139,13 @@ def classify_known_drive(
     return "unchanged"
 
 
+def is_settled(listing: DriveListing, settled_before_ns: int) -> bool:
+    """A drive is complete once nothing in its folder changed for the settle window: no file written (file
+    mtimes) and no file created, renamed or removed (the folder's mtime, which also covers the gap between
+    two files of a copy that preserves mtimes)."""
+    return max(listing.mtime_ns, listing.folder_mtime_ns) <= settled_before_ns
+
+
 def plan_tick(
     listings: Iterable[DriveListing],
     cursor: LandingCursor,
@@ -137,8 +165,20 @@ def plan_tick(
     settled_before = now_ns - int(settle_s * 1e9)
     processed = 0
     for index, listing in enumerate(candidates):
-        if listing.mtime_ns > settled_before:  # still being uploaded; everything after it is newer still
+        if not is_settled(listing, settled_before):
+            # Still being uploaded. The cursor cannot pass it, so every later drive waits too (seconds).
             plan.remaining = len(candidates) - index
+            plan.notices += [
+                Notice(
+                    d.market,
+                    printable(d.drive_id),
+                    "settling",
+                    f"{printable(_key(d))}: still being written (changed less than {settle_s:g} s ago); "
+                    "left for the next run",
+                )
+                for d in candidates[index:]
+                if not is_settled(d, settled_before)
+            ]
             break
         if processed >= max_drives or time.monotonic() - started > time_budget_s:
             plan.remaining = len(candidates) - index
@@ -148,10 +188,26 @@ def plan_tick(
             plan.cursor.mtime_ns, plan.cursor.keys = listing.mtime_ns, []
         plan.cursor.keys.append(_key(listing))
 
+        if listing.drive_id.startswith("."):
+            plan.notices.append(
+                Notice(
+                    listing.market,
+                    printable(listing.drive_id),
+                    "skipped",
+                    f"{printable(_key(listing))}: hidden folder (name starts with '.'), not a drive; "
+                    f"rename it to '{suggest_drive_key(listing.drive_id)}' if it is one",
+                )
+            )
+            continue
         if not DRIVE_KEY_PATTERN.match(listing.drive_id):
-            plan.invalid_names.append(
-                f"{printable(_key(listing))}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
-                f"rename the folder to '{suggest_drive_key(listing.drive_id)}'"
+            plan.notices.append(
+                Notice(
+                    listing.market,
+                    printable(listing.drive_id),
+                    "invalid_name",
+                    f"{printable(_key(listing))}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
+                    f"rename the folder to '{suggest_drive_key(listing.drive_id)}'",
+                )
             )
             continue
         if listing.drive_id not in known_partitions.get(listing.market, set()):
@@ -185,6 +241,18 @@ def evaluate_landing(
     markets: tuple[str, ...] = MARKETS,
     settings: type[LandingSensorSettings] = LandingSensorSettings,
 ) -> SensorResult | SkipReason:
+    return landing_tick(context, landing, lake, markets=markets, settings=settings)[0]
+
+
+def landing_tick(
+    context: SensorEvaluationContext,
+    landing: LandingZone,
+    lake: Lake,
+    *,
+    markets: tuple[str, ...] = MARKETS,
+    settings: type[LandingSensorSettings] = LandingSensorSettings,
+) -> tuple[SensorResult | SkipReason, TickPlan]:
+    """One tick: what the sensor returns, and the plan behind it (run-once reports its notices)."""
     cursor = LandingCursor.parse(context.cursor)
     known = {m: set(context.instance.get_dynamic_partitions(drive_partitions(m).name)) for m in markets}
 
@@ -221,8 +289,8 @@ def evaluate_landing(
             )
             plan.cursor.dbc_versions[market] = version
 
-    for message in plan.invalid_names:
-        context.log.warning(message)
+    for notice in plan.notices:
+        (context.log.info if notice.status == "settling" else context.log.warning)(notice.message)
     for market in markets:
         for entry in landing.refused_dbc(market):
             context.log.warning(f"{market}/_dbc/{printable(entry.name)} {entry.reason}; it is not used")
@@ -243,11 +311,12 @@ def evaluate_landing(
     summary = (
         f"{len(run_requests)} drive(s) requested ({sum(map(len, new_by_market.values()))} new), "
         f"{len(plan.unchanged)} re-uploaded unchanged, {len(plan.invalid_names)} invalid name(s), "
+        f"{len(plan.messages('skipped'))} hidden folder(s) skipped, {len(plan.settling)} settling, "
         f"{plan.remaining} left for the next tick"
     )
     context.log.info(summary)
     if not run_requests and not asset_events and plan.cursor.dump() == cursor.dump():
-        return SkipReason(f"no new drives in {landing.describe()} ({summary})")
+        return SkipReason(f"no new drives in {landing.describe()} ({summary})"), plan
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[
@@ -255,7 +324,7 @@ def evaluate_landing(
         ],
         asset_events=asset_events,
         cursor=plan.cursor.dump(),
-    )
+    ), plan
 
 
 def build_landing_sensor(ingest_jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:

@@ -100,6 +100,7 @@ def test_sensor_requests_a_run_for_a_drive_with_a_link_and_never_hashes_it(
     folder.mkdir(parents=True)
     (folder / "a.mcap").symlink_to(outside)
     os.utime(folder / "a.mcap", ns=(10**18, 10**18), follow_symlinks=False)  # old: settled
+    os.utime(folder, ns=(10**18, 10**18))
     with build_sensor_context(instance=local_platform.instance) as context:
         result = evaluate_landing(context, local_platform.landing, local_platform.lake, markets=("de",))
     assert isinstance(result, SensorResult)
