@@ -24,7 +24,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     try:
         outcomes = run_once(
             defs,
-            local_instance(),
+            local_instance,
             log=lambda line: print(line, file=sys.stderr),
             settle_s=args.settle_s,
             wait_for_lock=args.wait,

@@ -40,8 +40,9 @@ from ad_common.partitions import drive_partitions
 from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, VEHICLE_DBC
 from ad_resources.lake import Lake
 from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
+from ad_sensors.recovery import REGISTRATION_TAG, plan_recovery
 
-DRIVE_VERSION_REASON_TAG = "ad-platform/registration"
+DRIVE_VERSION_REASON_TAG = REGISTRATION_TAG
 # Dagster reads an observation's data version from this tag (dagster._core.definitions.data_version).
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -54,13 +55,21 @@ class LandingCursor:
     mtime_ns: int = 0
     keys: list[str] = field(default_factory=list)
     dbc_versions: dict[str, str] = field(default_factory=dict)
+    given_up: list[str] = field(default_factory=list)  # interrupted drives already reported as given up
 
     @classmethod
     def parse(cls, raw: str | None) -> LandingCursor:
         return cls(**json.loads(raw)) if raw else cls()
 
     def dump(self) -> str:
-        return json.dumps({"mtime_ns": self.mtime_ns, "keys": sorted(self.keys), "dbc_versions": self.dbc_versions})
+        return json.dumps(
+            {
+                "mtime_ns": self.mtime_ns,
+                "keys": sorted(self.keys),
+                "dbc_versions": self.dbc_versions,
+                "given_up": sorted(self.given_up),
+            }
+        )
 
     def is_new(self, listing: DriveListing) -> bool:
         mtime = listing.mtime_ns
@@ -83,7 +92,7 @@ class Notice:
 
     market: str
     drive_id: str  # printable (escaped) form of the folder name
-    status: str  # invalid_name | skipped | settling
+    status: str  # invalid_name | skipped | settling | given_up
     message: str
 
 
@@ -161,7 +170,9 @@ def plan_tick(
     """Decide what one tick registers. Pure apart from the callables, so it is tested without Dagster."""
     started = time.monotonic()
     candidates = sorted((d for d in listings if cursor.is_new(d)), key=lambda d: (d.mtime_ns, _key(d)))
-    plan = TickPlan(cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions)))
+    plan = TickPlan(
+        cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions), list(cursor.given_up))
+    )
     settled_before = now_ns - int(settle_s * 1e9)
     processed = 0
     for index, listing in enumerate(candidates):
@@ -231,6 +242,9 @@ class LandingSensorSettings:
     max_drives_per_tick = 2_000
     time_budget_s = 20.0
     settle_s = 5.0
+    # interrupted drives (ad_sensors/recovery.py): re-requested this often, 5 then 10 min apart, then given up
+    recovery_max_attempts = 3
+    recovery_backoff_s = 300.0
 
 
 def evaluate_landing(
@@ -275,6 +289,20 @@ def landing_tick(
         now_ns=time.time_ns(),
     )
 
+    recovery = plan_recovery(
+        context.instance,
+        markets,
+        read_registry,
+        skip={_key(r.listing) for r in plan.registrations},
+        max_attempts=settings.recovery_max_attempts,
+        backoff_s=settings.recovery_backoff_s,
+    )
+    given_up = {f"{market}/{drive}": message for market, drive, message in recovery.given_up}
+    for key in sorted(set(given_up) - set(plan.cursor.given_up)):  # reported once, as invalid names are
+        market, drive = key.split("/", 1)
+        plan.notices.append(Notice(market, drive, "given_up", given_up[key]))
+    plan.cursor.given_up = sorted(given_up)
+
     # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
     asset_events = []
     for market in markets:
@@ -290,7 +318,8 @@ def landing_tick(
             plan.cursor.dbc_versions[market] = version
 
     for notice in plan.notices:
-        (context.log.info if notice.status == "settling" else context.log.warning)(notice.message)
+        level = {"settling": context.log.info, "given_up": context.log.error}.get(notice.status, context.log.warning)
+        level(notice.message)
     for market in markets:
         for entry in landing.refused_dbc(market):
             context.log.warning(f"{market}/_dbc/{printable(entry.name)} {entry.reason}; it is not used")
@@ -308,8 +337,12 @@ def landing_tick(
                 tags={LANDED_AT_TAG: str(listing.mtime_ns), DRIVE_VERSION_REASON_TAG: registration.reason},
             )
         )
+    for request in recovery.requests:
+        context.log.warning(f"{request.tags[REGISTRATION_TAG]} of interrupted drive {request.run_key}")
+    run_requests += recovery.requests
     summary = (
-        f"{len(run_requests)} drive(s) requested ({sum(map(len, new_by_market.values()))} new), "
+        f"{len(run_requests)} drive(s) requested ({sum(map(len, new_by_market.values()))} new, "
+        f"{len(recovery.requests)} interrupted), {len(given_up)} given up, "
         f"{len(plan.unchanged)} re-uploaded unchanged, {len(plan.invalid_names)} invalid name(s), "
         f"{len(plan.messages('skipped'))} hidden folder(s) skipped, {len(plan.settling)} settling, "
         f"{plan.remaining} left for the next tick"
