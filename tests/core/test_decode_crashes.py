@@ -225,3 +225,14 @@ def test_mdf_with_zeroed_header_block_names_the_damage(tmp_path: Path) -> None:
         decode_file(bad, tmp_path / "out")
     msg = str(info.value)
     assert "bad_link.mf4: " in msg and ("truncated" in msg or "damaged" in msg), msg
+
+
+def test_a_dbc_without_messages_is_rejected_naming_the_file(shared_data: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "vehicle.dbc"
+    notes.write_text("meeting notes: send the real DBC next week\n")  # canmatrix parses it as an empty DBC
+    mf4 = shared_data / "mdf4/canedge_raw/cssapi__other_matlab-basics_00000014.MF4"
+    with pytest.raises(DecodeError) as raised:
+        decode_drive([mf4], tmp_path / "out", [notes])
+    assert str(raised.value) == (
+        "vehicle.dbc: not a usable DBC: it defines no messages (BO_ lines); is it the right file?"
+    )
