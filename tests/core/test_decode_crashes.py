@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ad_core.decode import DecodeError, decode_drive, decode_file
-from ad_core.inspect import InvalidLogError, inspect_mdf4
+from ad_core.inspect import InvalidLogError, inspect_mcap, inspect_mdf4
 
 REPO = Path(__file__).resolve().parents[2]
 SEGV = ("segv_get_scalar_8548.mf4", "segv_get_scalar_8559.mf4", "segv_vlsd_9095.mf4", "segv_get_master_9619.mf4")
@@ -236,3 +236,27 @@ def test_a_dbc_without_messages_is_rejected_naming_the_file(shared_data: Path, t
     assert str(raised.value) == (
         "vehicle.dbc: not a usable DBC: it defines no messages (BO_ lines); is it the right file?"
     )
+
+
+@pytest.mark.parametrize(
+    ("offset", "cause", "words"),
+    [
+        (10, "EndOfFile", "truncated or corrupt record (a record is cut short"),
+        (17, "UnicodeDecodeError", "corrupt record (a text field such as a topic or schema name is not valid UTF-8)"),
+        (89, "RuntimeError", "corrupt compressed chunk (it does not decompress)"),
+        (93, "MemoryError", "corrupt record (a length or offset field declares an impossible value)"),
+        (10155, "error", "truncated or corrupt record"),  # struct.error
+    ],
+)
+def test_mcap_library_exceptions_become_what_is_wrong_with_the_file(
+    shared_data: Path, tmp_path: Path, offset: int, cause: str, words: str
+) -> None:
+    """One byte inverted at ``offset`` of a real MCAP makes the mcap library raise ``cause``."""
+    data = bytearray((shared_data / "mcap/depthai__recording.mcap").read_bytes())
+    data[offset] ^= 0xFF
+    damaged = tmp_path / "damaged.mcap"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InvalidLogError) as raised:
+        inspect_mcap(damaged)
+    assert raised.value.reason.startswith(f"MCAP damaged: {words}"), raised.value.reason
+    assert type(raised.value.__cause__).__name__ == cause  # the raw exception stays the cause
