@@ -9,6 +9,7 @@ import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     Definitions,
+    Failure,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -18,7 +19,7 @@ from dagster import (
 
 from ad_assets.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates, record_drive_checks
 from ad_assets.stage_asset import stage_asset_args
-from ad_common.formats import classify
+from ad_common.formats import classify, printable
 from ad_common.lake_layout import DECODED_STREAMS, decoded_path
 from ad_common.stages import DECODED_SIGNALS
 from ad_core.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
@@ -66,6 +67,14 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
     The DBCs are the market's current ones; profiling reads the new tables before they are published.
     """
     kinds = {f.name: classify(Path(f.name)) for f in landing.drive_files(market, drive_id)}
+    if not kinds:
+        raise Failure(
+            description=f"drive {market}/{drive_id}: its landing folder is gone ({landing.describe()}/{market}/"
+            f"{drive_id} holds no files): it was deleted or moved after registration; re-land the drive"
+        )
+    if not any(kind in ("mdf4", "mcap") for kind in kinds.values()):
+        names = ", ".join(printable(n) for n in sorted(kinds)[:10])
+        raise Failure(description=f"drive {market}/{drive_id}: no MDF4 or MCAP file to decode (files: {names})")
     rates = nominal_rates(landing.read_manifest(market, drive_id))
     with contextlib.ExitStack() as stack:
         inputs = [

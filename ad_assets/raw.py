@@ -26,6 +26,12 @@ from ad_resources.lake import Lake
 from ad_resources.landing import LandingZone
 
 NO_DBC = "no-dbc"
+# A drive of thousands of small files must not write thousands of log events or a megabyte materialization
+# event: past these counts, one summary line, and the metadata lists the first files and counts the rest
+# (every file is in the catalog's raw_files).
+FILES_LOGGED = 50
+FILES_IN_METADATA = 50
+STREAMS_IN_METADATA = 200
 
 
 def drive_fingerprint(inventories: list[LogInventory]) -> str:
@@ -95,6 +101,7 @@ def register_drive(
         raise Failure(description=f"drive {market}/{drive_id}: no files found in landing zone {landing.describe()}")
 
     inventories = []
+    started = time.monotonic()
     for stat in files:
         with landing.local_file(market, drive_id, stat.name) as path:
             try:
@@ -106,7 +113,13 @@ def register_drive(
                     f"Quarantined to {printable(where)}.",
                     metadata={"file": stat.name, "reason": exc.reason, "quarantined_to": where},
                 ) from exc
-        log.info(f"{market}/{drive_id}: {printable(stat.name)} ok ({stat.size / 1e6:.1f} MB)")
+        if len(files) <= FILES_LOGGED:
+            log.info(f"{market}/{drive_id}: {printable(stat.name)} ok ({stat.size / 1e6:.1f} MB)")
+    if len(files) > FILES_LOGGED:
+        log.info(
+            f"{market}/{drive_id}: {len(files)} files ok ({sum(f.size for f in files) / 1e6:.1f} MB) "
+            f"in {time.monotonic() - started:.1f} s"
+        )
 
     fingerprint = drive_fingerprint(inventories)
     previous = lake.read_json(registry_path(market, drive_id))
@@ -145,15 +158,21 @@ def _drive_metadata(record: dict[str, Any], inventories: list[LogInventory]) -> 
     starts = [i.start_ns for i in inventories if i.start_ns is not None and i.kind in ("mdf4", "mcap")]
     ends = [i.end_ns for i in inventories if i.end_ns is not None and i.kind in ("mdf4", "mcap")]
     rows = "\n".join(
-        f"| {i.name} | {i.kind} | {i.size_bytes / 1e6:.2f} | {len(i.streams)} | "
+        f"| {printable(i.name)} | {i.kind} | {i.size_bytes / 1e6:.2f} | {len(i.streams)} | "
         f"{'' if i.duration_s is None else f'{i.duration_s:.1f}'} | {i.sha256[:12]} | {'; '.join(i.notes)} |"
-        for i in inventories
+        for i in inventories[:FILES_IN_METADATA]
     )
-    inventory = "\n".join(f"- `{i.name}` {name}: {count}" for i in inventories for name, count in i.streams.items())
+    if len(inventories) > FILES_IN_METADATA:
+        rows += f"\n| … {len(inventories) - FILES_IN_METADATA} more files (catalog: raw_files) | | | | | | |"
+    streams = [f"- `{printable(i.name)}` {name}: {count}" for i in inventories for name, count in i.streams.items()]
+    inventory = "\n".join(streams[:STREAMS_IN_METADATA])
+    if len(streams) > STREAMS_IN_METADATA:
+        inventory += f"\n- … {len(streams) - STREAMS_IN_METADATA} more (catalog: raw_files.streams)"
     return {
         "drive_version": record["version"],
         "fingerprint": record["fingerprint"],
         "total_bytes": record["total_bytes"],
+        "file_count": len(inventories),
         "time_span_s": round((max(ends) - min(starts)) / 1e9, 3) if starts and ends else None,
         "start_time_ns": min(starts) if starts else None,
         "files": MetadataValue.md(

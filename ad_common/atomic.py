@@ -93,3 +93,25 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_orphans(root: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove every leftover temporary under ``root`` older than ``older_than_s``; returns what was removed.
+
+    :func:`sweep_stale_temporaries` only runs when the same path is written again, which a killed run's drive
+    may never be. ``older_than_s=0`` is for a caller that knows no writer is running (run-once under its lock
+    with no run in progress); otherwise a concurrent writer's temporary is left alone."""
+    cutoff = time.time() - older_than_s
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if not (name.startswith(".") and TMP_MARKER in name):
+                continue
+            path = Path(folder) / name
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # never walk into a temporary
+    return removed

@@ -140,7 +140,6 @@ def _mdf_structure(_send: Any, path: str) -> tuple[int, dict[str, int], float | 
 
 def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:
     """Magic, summary, topic inventory and (optionally) every chunk's CRC of an MCAP file."""
-    from mcap.exceptions import McapError
     from mcap.reader import make_reader
     from mcap.records import Chunk
     from mcap.stream_reader import StreamReader, get_chunk_data_stream
@@ -178,10 +177,10 @@ def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:
             inventory.notes.append(f"{chunks} chunk CRCs valid")
     except InvalidLogError:
         raise
-    except (McapError, ValueError, struct.error, EOFError, OSError) as exc:
-        raise InvalidLogError(path, f"MCAP damaged ({type(exc).__name__}: {exc})") from exc
-    except Exception as exc:
-        raise InvalidLogError(path, f"MCAP unreadable ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # the library raises its own errors, but also bare struct/Unicode/LZ4 errors
+        from ad_core.decode.errors import describe_mcap_error
+
+        raise InvalidLogError(path, f"MCAP damaged: {describe_mcap_error(exc)}") from exc
     return inventory
 
 

@@ -15,12 +15,25 @@ from ad_common.stages import CURATED_SPLITS, METADATA_CATALOG_JOB, SIGNAL_DRIFT,
 from ad_platform.instance import local_instance
 from ad_resources.catalog import CATALOG_VIEWS
 
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run-once holds the lock; try again later
+
 
 def cmd_run_once(args: argparse.Namespace) -> int:
     from ad_platform.definitions import defs
-    from ad_platform.runner import outcomes_json, run_once
+    from ad_platform.runner import RunOnceBusy, outcomes_json, run_once
 
-    outcomes = run_once(defs, local_instance(), log=lambda line: print(line, file=sys.stderr))
+    try:
+        outcomes = run_once(
+            defs,
+            local_instance,
+            log=lambda line: print(line, file=sys.stderr),
+            settle_s=args.settle_s,
+            wait_for_lock=args.wait,
+        )
+    except RunOnceBusy as busy:
+        print(busy, file=sys.stderr)
+        print(outcomes_json([]))
+        return EXIT_BUSY
     print(outcomes_json(outcomes))
     return 1 if args.strict and any(o.status == "failed" for o in outcomes) else 0
 
@@ -56,7 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     generated = time.monotonic() - started
     instance = local_instance()
-    outcomes = run_once(defs, instance, log=lambda line: print(f"  {line}"), console_log_level="CRITICAL")
+    # settle_s=0: the demo wrote the fleet itself, every drive is complete
+    outcomes = run_once(defs, instance, log=lambda line: print(f"  {line}"), console_log_level="CRITICAL", settle_s=0)
     print("  market assets (signal drift per market)")
     # The demo's markets hold a handful of drives: half of them form the reference, the rest are compared.
     drift_run = refresh_market_assets(
@@ -75,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
 
-    drives = list(LocalLandingZone(root=str(landing)).list_drives(markets))
+    drives = [d for d in LocalLandingZone(root=str(landing)).list_drives(markets) if not d.drive_id.startswith(".")]
     per_market = Counter(d.market for d in drives)
     print("\nfleet in the landing zone:")
     for market in markets:
@@ -214,6 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         "run-once", help="register whatever is in the landing zone and materialize it; prints JSON per drive"
     )
     run_once_parser.add_argument("--strict", action="store_true", help="exit 1 if any drive failed")
+    run_once_parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=5.0,
+        help="a drive whose folder changed less than this many seconds ago is still being written: it is "
+        "reported as 'settling' and left for the next run (default 5)",
+    )
+    run_once_parser.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"wait for another run-once to finish instead of exiting {EXIT_BUSY}",
+    )
     run_once_parser.set_defaults(func=cmd_run_once)
 
     demo = sub.add_parser("demo", help="generate a small fleet and materialize the whole graph")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -49,31 +48,12 @@ from typing import Any
 from dagster import Field, InitLoggerContext, LoggerDefinition, colored_console_logger, logger
 from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
 
+from ad_common.redaction import redact
+
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 LOG_FORMAT_ENV = "AD_LOG_FORMAT"
-REDACTED = "***"
-# Environment variables whose values never appear in a log line, wherever they are quoted.
-SECRET_ENV_VARS = ("AD_ALERT_WEBHOOK_URL", "DAGSTER_PG_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
-# http(s) paths and queries carry webhook tokens (Slack /services/T../B../xxx) and presigned signatures.
-_HTTP_PATH = re.compile(r"\b(https?://[^/\s?#'\"]+)[/?#][^\s'\"]*")
-_SECRET_PAIR = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|signature)(\s*[=:]\s*)[^\s,;&'\"]+"
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with credentials removed: secret env values, URL user:password, http(s) paths/queries, key=value."""
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, REDACTED)
-    text = _USERINFO.sub(rf"\1{REDACTED}@", text)
-    text = _HTTP_PATH.sub(rf"\1/{REDACTED}", text)
-    return _SECRET_PAIR.sub(rf"\1\2{REDACTED}", text)
 
 
 def json_console_enabled() -> bool:

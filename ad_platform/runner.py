@@ -6,36 +6,84 @@ jobs through the daemon instead.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, SensorResult, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    ExecuteInProcessResult,
+    RunsFilter,
+    SensorResult,
+    build_sensor_context,
+)
+from dagster._core.events import JobFailureData, RunFailureReason
 
 from ad_common import settings
+from ad_common.atomic import STALE_AFTER_S, write_bytes_atomic
 from ad_common.markets import MARKETS
 from ad_common.stages import MARKET_ASSETS_JOB, SIGNAL_DRIFT, job_asset_keys
-from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, evaluate_landing
+from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, Notice, landing_tick
 
 CURSOR_FILE = "run_once_cursor.json"
+LOCK_FILE = "run_once.lock"
+# Runs executed in-process by run-once carry these tags: only run-once can tell that one was left behind.
+LAUNCHED_BY_TAG, LAUNCHED_BY = "ad-platform/launched-by", "run-once"
+PID_TAG = "ad-platform/run-once-pid"
+_UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
 class RunOnceSettings(LandingSensorSettings):
-    """Run on demand after the user copied the files: nothing is still uploading, so no settle wait."""
+    """The sensor's rules, settle window included: run-once may start while a copy is still running (cron)."""
 
-    settle_s = 0.0
+
+class RunOnceBusy(RuntimeError):
+    """Another run-once holds the state folder's lock."""
 
 
 @dataclass
 class DriveOutcome:
     market: str
     drive_id: str
-    registration: str  # new | changed | retry
-    status: str  # materialized | failed
-    run_id: str
+    registration: str | None  # new | changed | retry | recovery; None for a folder that got no run
+    # materialized | failed | settling (left for the next run) | invalid_name | skipped | given_up
+    status: str
+    run_id: str | None
     error: str | None = None
     materialized: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_notice(cls, notice: Notice) -> DriveOutcome:
+        return cls(notice.market, notice.drive_id, None, notice.status, None, notice.message)
+
+
+@contextlib.contextmanager
+def run_once_lock(state_dir: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold ``<state>/run_once.lock`` (flock) for the whole run-once, so two never do the same work twice.
+
+    The kernel releases the lock when its holder dies, however it dies: a killed run-once never blocks the
+    next. ``wait``: block until the holder is done (it then finds nothing left); else raise RunOnceBusy."""
+    path = state_dir / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "a process"
+            raise RunOnceBusy(f"another run-once ({holder}) holds {path}; nothing done") from None
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        fh.flush()
+        yield
 
 
 def _failure_reason(result: Any) -> str:
@@ -56,20 +104,73 @@ def _failure_reason(result: Any) -> str:
 
 def run_once(
     defs: Definitions,
-    instance: DagsterInstance,
+    instance: DagsterInstance | Callable[[], DagsterInstance],
     *,
     state_dir: Path | None = None,
     log: Any = print,
     console_log_level: str = "WARNING",
+    settle_s: float = RunOnceSettings.settle_s,
+    recovery_max_attempts: int = RunOnceSettings.recovery_max_attempts,
+    wait_for_lock: bool = False,
 ) -> list[DriveOutcome]:
-    """Evaluate the landing sensor until it has nothing left, executing every requested run in-process."""
-    cursor_path = (state_dir or settings.state_dir()) / CURSOR_FILE
+    """Evaluate the landing sensor until it has nothing left, executing every requested run in-process.
+
+    ``settle_s``: a drive changed more recently is left for the next run (status ``settling``); 0 when the
+    caller wrote the files itself and knows they are complete. Interrupted drives are re-requested
+    (``ad_sensors/recovery.py``) up to ``recovery_max_attempts`` times. Raises RunOnceBusy (see
+    :func:`run_once_lock`). ``instance`` may be a function that opens it, called once the lock is held: two
+    processes creating a fresh SQLite instance at once race in its schema migration.
+    """
+    state = state_dir or settings.state_dir()
+    with run_once_lock(state, wait=wait_for_lock):
+        instance = instance if isinstance(instance, DagsterInstance) else instance()
+        recover_after_kill(defs, instance, log)
+        tick_settings = type(
+            "Settings", (RunOnceSettings,), {"settle_s": settle_s, "recovery_max_attempts": recovery_max_attempts}
+        )
+        return _run_once(defs, instance, state, log, console_log_level, tick_settings)
+
+
+def recover_after_kill(defs: Definitions, instance: DagsterInstance, log: Any) -> None:
+    """What a killed run-once left behind, cleaned up under the lock (so no run-once is running now).
+
+    Its unfinished runs are marked failed (the embedded default has no daemon whose run monitoring would): the
+    reason UNEXPECTED_TERMINATION makes their drives interrupted, so the landing tick re-requests them. Then the
+    lake's orphaned temporaries are removed: all of them when no run at all is in progress on the instance
+    (a ``dagster dev`` beside run-once may be writing), else only those older than an hour.
+    """
+    for run in instance.get_runs(RunsFilter(statuses=_UNFINISHED, tags={LAUNCHED_BY_TAG: LAUNCHED_BY})):
+        message = (
+            f"run-once (pid {run.tags.get(PID_TAG, '?')}) that executed this run is gone (killed?): marked failed "
+            "by the next run-once, which re-requests the drive"
+        )
+        instance.report_run_failed(
+            run, message, JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION)
+        )
+        log(f"{run.tags.get('dagster/partition', run.run_id)}: {message}")
+    writing = instance.get_runs_count(RunsFilter(statuses=[*_UNFINISHED, DagsterRunStatus.QUEUED]))
+    for leftover in defs.resources["lake"].sweep_temporaries(older_than_s=0 if not writing else STALE_AFTER_S):
+        log(f"removed the temporary {leftover} of a killed write")
+
+
+def _run_once(
+    defs: Definitions,
+    instance: DagsterInstance,
+    state: Path,
+    log: Any,
+    console_log_level: str,
+    tick_settings: type[RunOnceSettings],
+) -> list[DriveOutcome]:
+    cursor_path = state / CURSOR_FILE
+    # read under the lock: a run-once that held it before has moved the cursor past its drives
     cursor = json.loads(cursor_path.read_text())["cursor"] if cursor_path.exists() else None
     resources = defs.resources
     outcomes: list[DriveOutcome] = []
+    notices: list[Notice] = []
     while True:
         with build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs) as context:
-            result = evaluate_landing(context, resources["landing"], resources["lake"], settings=RunOnceSettings)
+            result, plan = landing_tick(context, resources["landing"], resources["lake"], settings=tick_settings)
+        notices = [n for n in notices if n.status != "settling"] + plan.notices  # settling: as last seen
         if not isinstance(result, SensorResult):
             break
         for request in result.dynamic_partitions_requests or []:
@@ -83,7 +184,7 @@ def run_once(
             run = job.execute_in_process(
                 instance=instance,
                 partition_key=request.partition_key,
-                tags=request.tags,
+                tags={**request.tags, LAUNCHED_BY_TAG: LAUNCHED_BY, PID_TAG: str(os.getpid())},
                 raise_on_error=False,
                 # The full event log is in the instance (and the UI); the console only needs problems.
                 run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
@@ -105,11 +206,10 @@ def run_once(
             )
         progressed = bool(result.run_requests) or result.cursor != cursor
         cursor = result.cursor
-        cursor_path.parent.mkdir(parents=True, exist_ok=True)
-        cursor_path.write_text(json.dumps({"cursor": cursor}))
+        write_bytes_atomic(cursor_path, json.dumps({"cursor": cursor}).encode())
         if not progressed:
             break
-    return outcomes
+    return outcomes + [DriveOutcome.from_notice(n) for n in notices]
 
 
 def refresh_market_assets(

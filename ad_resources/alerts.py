@@ -2,6 +2,7 @@
 
 The alert sensor (``ad_sensors/alerts.py``) decides *what* to alert; this resource only delivers. Every alert
 is logged whether or not a webhook is configured, so a missing or broken webhook never hides a failure.
+The URL is a secret (Slack/Teams URLs carry their token in the path): no error or log line quotes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import requests
 from dagster import ConfigurableResource, get_dagster_logger
 from pydantic import Field
+
+from ad_common.redaction import redact
 
 # Worth retrying: the receiver is overloaded or restarting. Other 4xx mean the request itself is wrong.
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -64,11 +67,12 @@ class AlertWebhook(ConfigurableResource):
             try:
                 response = requests.post(self.url, json=body, timeout=self.timeout_s)
             except requests.RequestException as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                # requests quotes the URL's path and query (the webhook's secret) in its messages
+                reason = redact(f"{type(exc).__name__}: {exc}", self.url)
             else:
                 if response.status_code < 300:
                     return True
-                reason = f"HTTP {response.status_code}: {response.text[:200]}"
+                reason = redact(f"HTTP {response.status_code}: {response.text[:200]}", self.url)
                 if response.status_code < 500 and response.status_code not in _RETRYABLE_STATUS:
                     break
             if attempt < attempts:

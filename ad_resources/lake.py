@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
-from ad_common.atomic import atomic_dir, atomic_file, write_bytes_atomic
+from ad_common.atomic import atomic_dir, atomic_file, sweep_orphans, write_bytes_atomic
 from ad_common.lake_layout import is_hidden
 
 
@@ -49,6 +49,12 @@ class Lake(ConfigurableResource):
     def list_files(self, relpath: str, suffix: str = "") -> list[str]:
         """Lake-relative paths of the files under ``relpath``, without hidden ones (see ``lake_layout.is_hidden``)."""
         raise NotImplementedError
+
+    def sweep_temporaries(self, older_than_s: float) -> list[str]:
+        """Remove temporaries of killed writes older than ``older_than_s``; lake-relative paths removed.
+
+        Object stores write each object whole (and a killed upload leaves nothing in the bucket): none."""
+        return []
 
 
 class LocalLake(Lake):
@@ -91,3 +97,7 @@ class LocalLake(Lake):
             return []
         relpaths = (p.relative_to(self.root).as_posix() for p in folder.rglob(f"*{suffix}") if p.is_file())
         return sorted(r for r in relpaths if not is_hidden(r))
+
+    def sweep_temporaries(self, older_than_s: float) -> list[str]:
+        root = Path(self.root)
+        return [p.relative_to(root).as_posix() for p in sweep_orphans(root, older_than_s)] if root.is_dir() else []

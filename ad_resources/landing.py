@@ -77,6 +77,8 @@ class DriveListing:
     drive_id: str
     files: tuple[FileStat, ...]
     refused: tuple[RefusedEntry, ...] = ()
+    # The drive folder's own mtime: creating, renaming or removing a file in it moves it (0 on object stores).
+    folder_mtime_ns: int = 0
 
     @property
     def mtime_ns(self) -> int:
@@ -91,6 +93,8 @@ class LandingZone(ConfigurableResource):
     """Interface of a landing zone; see :class:`LocalLandingZone`."""
 
     def list_drives(self, markets: Sequence[str]) -> Iterator[DriveListing]:
+        """Every folder of each market that holds files, hidden ones (``.name``) included: not drives, but the
+        sensor reports them instead of ignoring them silently."""
         raise NotImplementedError
 
     def drive_files(self, market: str, drive_id: str) -> list[FileStat]:
@@ -185,11 +189,13 @@ class LocalLandingZone(LandingZone):
                 continue
             with os.scandir(market_dir) as entries:
                 for entry in entries:
-                    # is_dir() follows links: a linked drive folder is listed, and refused by _scan
-                    if entry.is_dir() and not entry.name.startswith(("_", ".")):
+                    # is_dir() follows links: a linked drive folder is listed, and refused by _scan. Hidden
+                    # folders are listed too, so that the sensor can say it skips them.
+                    if entry.is_dir() and not entry.name.startswith("_"):
                         files, refused = self._scan(Path(entry.path))
                         if files or refused:
-                            yield DriveListing(market, entry.name, tuple(files), tuple(refused))
+                            folder_mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                            yield DriveListing(market, entry.name, tuple(files), tuple(refused), folder_mtime)
 
     def drive_files(self, market: str, drive_id: str) -> list[FileStat]:
         return self._scan(self._drive_dir(market, drive_id))[0]

@@ -159,7 +159,7 @@ class S3LandingZone(LandingZone, S3Location):
             # when the next drive starts: listings stream without holding the market in memory.
             for obj in self._objects(base):
                 parts = obj["Key"][len(base) :].split("/")
-                if len(parts) != 2 or parts[0].startswith(("_", ".")) or not parts[1] or parts[1].startswith("."):
+                if len(parts) != 2 or parts[0].startswith("_") or not parts[1] or parts[1].startswith("."):
                     continue
                 if parts[0] != drive_id:
                     if files:

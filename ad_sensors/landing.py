@@ -40,8 +40,9 @@ from ad_common.partitions import drive_partitions
 from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, VEHICLE_DBC
 from ad_resources.lake import Lake
 from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
+from ad_sensors.recovery import REGISTRATION_TAG, plan_recovery
 
-DRIVE_VERSION_REASON_TAG = "ad-platform/registration"
+DRIVE_VERSION_REASON_TAG = REGISTRATION_TAG
 # Dagster reads an observation's data version from this tag (dagster._core.definitions.data_version).
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -54,13 +55,21 @@ class LandingCursor:
     mtime_ns: int = 0
     keys: list[str] = field(default_factory=list)
     dbc_versions: dict[str, str] = field(default_factory=dict)
+    given_up: list[str] = field(default_factory=list)  # interrupted drives already reported as given up
 
     @classmethod
     def parse(cls, raw: str | None) -> LandingCursor:
         return cls(**json.loads(raw)) if raw else cls()
 
     def dump(self) -> str:
-        return json.dumps({"mtime_ns": self.mtime_ns, "keys": sorted(self.keys), "dbc_versions": self.dbc_versions})
+        return json.dumps(
+            {
+                "mtime_ns": self.mtime_ns,
+                "keys": sorted(self.keys),
+                "dbc_versions": self.dbc_versions,
+                "given_up": sorted(self.given_up),
+            }
+        )
 
     def is_new(self, listing: DriveListing) -> bool:
         mtime = listing.mtime_ns
@@ -77,13 +86,34 @@ class Registration:
         return f"{_key(self.listing)}@{stat_fingerprint(self.listing)}"
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A landed folder that is not ingested (yet), and why: what run-once reports beside its runs."""
+
+    market: str
+    drive_id: str  # printable (escaped) form of the folder name
+    status: str  # invalid_name | skipped | settling | given_up
+    message: str
+
+
 @dataclass
 class TickPlan:
     registrations: list[Registration] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    invalid_names: list[str] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
     remaining: int = 0
     cursor: LandingCursor = field(default_factory=LandingCursor)
+
+    def messages(self, status: str) -> list[str]:
+        return [n.message for n in self.notices if n.status == status]
+
+    @property
+    def invalid_names(self) -> list[str]:
+        return self.messages("invalid_name")
+
+    @property
+    def settling(self) -> list[str]:
+        return self.messages("settling")
 
 
 def _key(listing: DriveListing) -> str:
@@ -118,6 +148,13 @@ def classify_known_drive(
     return "unchanged"
 
 
+def is_settled(listing: DriveListing, settled_before_ns: int) -> bool:
+    """A drive is complete once nothing in its folder changed for the settle window: no file written (file
+    mtimes) and no file created, renamed or removed (the folder's mtime, which also covers the gap between
+    two files of a copy that preserves mtimes)."""
+    return max(listing.mtime_ns, listing.folder_mtime_ns) <= settled_before_ns
+
+
 def plan_tick(
     listings: Iterable[DriveListing],
     cursor: LandingCursor,
@@ -133,12 +170,26 @@ def plan_tick(
     """Decide what one tick registers. Pure apart from the callables, so it is tested without Dagster."""
     started = time.monotonic()
     candidates = sorted((d for d in listings if cursor.is_new(d)), key=lambda d: (d.mtime_ns, _key(d)))
-    plan = TickPlan(cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions)))
+    plan = TickPlan(
+        cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions), list(cursor.given_up))
+    )
     settled_before = now_ns - int(settle_s * 1e9)
     processed = 0
     for index, listing in enumerate(candidates):
-        if listing.mtime_ns > settled_before:  # still being uploaded; everything after it is newer still
+        if not is_settled(listing, settled_before):
+            # Still being uploaded. The cursor cannot pass it, so every later drive waits too (seconds).
             plan.remaining = len(candidates) - index
+            plan.notices += [
+                Notice(
+                    d.market,
+                    printable(d.drive_id),
+                    "settling",
+                    f"{printable(_key(d))}: still being written (changed less than {settle_s:g} s ago); "
+                    "left for the next run",
+                )
+                for d in candidates[index:]
+                if not is_settled(d, settled_before)
+            ]
             break
         if processed >= max_drives or time.monotonic() - started > time_budget_s:
             plan.remaining = len(candidates) - index
@@ -148,10 +199,26 @@ def plan_tick(
             plan.cursor.mtime_ns, plan.cursor.keys = listing.mtime_ns, []
         plan.cursor.keys.append(_key(listing))
 
+        if listing.drive_id.startswith("."):
+            plan.notices.append(
+                Notice(
+                    listing.market,
+                    printable(listing.drive_id),
+                    "skipped",
+                    f"{printable(_key(listing))}: hidden folder (name starts with '.'), not a drive; "
+                    f"rename it to '{suggest_drive_key(listing.drive_id)}' if it is one",
+                )
+            )
+            continue
         if not DRIVE_KEY_PATTERN.match(listing.drive_id):
-            plan.invalid_names.append(
-                f"{printable(_key(listing))}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
-                f"rename the folder to '{suggest_drive_key(listing.drive_id)}'"
+            plan.notices.append(
+                Notice(
+                    listing.market,
+                    printable(listing.drive_id),
+                    "invalid_name",
+                    f"{printable(_key(listing))}: not a valid drive id (lowercase letters, digits, '-', '_', '.'); "
+                    f"rename the folder to '{suggest_drive_key(listing.drive_id)}'",
+                )
             )
             continue
         if listing.drive_id not in known_partitions.get(listing.market, set()):
@@ -175,6 +242,9 @@ class LandingSensorSettings:
     max_drives_per_tick = 2_000
     time_budget_s = 20.0
     settle_s = 5.0
+    # interrupted drives (ad_sensors/recovery.py): re-requested this often, 5 then 10 min apart, then given up
+    recovery_max_attempts = 3
+    recovery_backoff_s = 300.0
 
 
 def evaluate_landing(
@@ -185,6 +255,18 @@ def evaluate_landing(
     markets: tuple[str, ...] = MARKETS,
     settings: type[LandingSensorSettings] = LandingSensorSettings,
 ) -> SensorResult | SkipReason:
+    return landing_tick(context, landing, lake, markets=markets, settings=settings)[0]
+
+
+def landing_tick(
+    context: SensorEvaluationContext,
+    landing: LandingZone,
+    lake: Lake,
+    *,
+    markets: tuple[str, ...] = MARKETS,
+    settings: type[LandingSensorSettings] = LandingSensorSettings,
+) -> tuple[SensorResult | SkipReason, TickPlan]:
+    """One tick: what the sensor returns, and the plan behind it (run-once reports its notices)."""
     cursor = LandingCursor.parse(context.cursor)
     known = {m: set(context.instance.get_dynamic_partitions(drive_partitions(m).name)) for m in markets}
 
@@ -207,6 +289,20 @@ def evaluate_landing(
         now_ns=time.time_ns(),
     )
 
+    recovery = plan_recovery(
+        context.instance,
+        markets,
+        read_registry,
+        skip={_key(r.listing) for r in plan.registrations},
+        max_attempts=settings.recovery_max_attempts,
+        backoff_s=settings.recovery_backoff_s,
+    )
+    given_up = {f"{market}/{drive}": message for market, drive, message in recovery.given_up}
+    for key in sorted(set(given_up) - set(plan.cursor.given_up)):  # reported once, as invalid names are
+        market, drive = key.split("/", 1)
+        plan.notices.append(Notice(market, drive, "given_up", given_up[key]))
+    plan.cursor.given_up = sorted(given_up)
+
     # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
     asset_events = []
     for market in markets:
@@ -221,8 +317,9 @@ def evaluate_landing(
             )
             plan.cursor.dbc_versions[market] = version
 
-    for message in plan.invalid_names:
-        context.log.warning(message)
+    for notice in plan.notices:
+        level = {"settling": context.log.info, "given_up": context.log.error}.get(notice.status, context.log.warning)
+        level(notice.message)
     for market in markets:
         for entry in landing.refused_dbc(market):
             context.log.warning(f"{market}/_dbc/{printable(entry.name)} {entry.reason}; it is not used")
@@ -240,14 +337,19 @@ def evaluate_landing(
                 tags={LANDED_AT_TAG: str(listing.mtime_ns), DRIVE_VERSION_REASON_TAG: registration.reason},
             )
         )
+    for request in recovery.requests:
+        context.log.warning(f"{request.tags[REGISTRATION_TAG]} of interrupted drive {request.run_key}")
+    run_requests += recovery.requests
     summary = (
-        f"{len(run_requests)} drive(s) requested ({sum(map(len, new_by_market.values()))} new), "
+        f"{len(run_requests)} drive(s) requested ({sum(map(len, new_by_market.values()))} new, "
+        f"{len(recovery.requests)} interrupted), {len(given_up)} given up, "
         f"{len(plan.unchanged)} re-uploaded unchanged, {len(plan.invalid_names)} invalid name(s), "
+        f"{len(plan.messages('skipped'))} hidden folder(s) skipped, {len(plan.settling)} settling, "
         f"{plan.remaining} left for the next tick"
     )
     context.log.info(summary)
     if not run_requests and not asset_events and plan.cursor.dump() == cursor.dump():
-        return SkipReason(f"no new drives in {landing.describe()} ({summary})")
+        return SkipReason(f"no new drives in {landing.describe()} ({summary})"), plan
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[
@@ -255,7 +357,7 @@ def evaluate_landing(
         ],
         asset_events=asset_events,
         cursor=plan.cursor.dump(),
-    )
+    ), plan
 
 
 def build_landing_sensor(ingest_jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:

@@ -66,6 +66,12 @@ class CanDecoder:
                 raise DecodeError(f"{p.name}: cannot load DBC: {type(exc).__name__}: {exc}", file=str(p)) from exc
             if db is None:
                 raise DecodeError(f"{p.name}: cannot load DBC (canmatrix returned nothing)", file=str(p))
+            if not any(True for _ in db):
+                # canmatrix parses any text as a DBC; one without messages would decode every frame to nothing
+                raise DecodeError(
+                    f"{p.name}: not a usable DBC: it defines no messages (BO_ lines); is it the right file?",
+                    file=str(p),
+                )
             global_j1939 = str(db.attributes.get("ProtocolType", "")).lower() == "j1939" and all(
                 m.arbitration_id.extended for m in db
             )

@@ -39,3 +39,27 @@ def describe_mdf_error(exc: BaseException) -> str:
     else:
         return raw
     return f"{what} ({raw})"
+
+
+def describe_mcap_error(exc: BaseException) -> str:
+    """``"<what is wrong with the file> (<ExcType>: <message>)"`` for what the mcap library raises on a damaged
+    file: ``EndOfFile`` / ``struct.error`` (a record cut short), ``OSError``/seek errors (an offset outside the
+    file), ``UnicodeDecodeError`` (a damaged string field), LZ4/zstd ``RuntimeError`` (a chunk that does not
+    decompress), ``MemoryError`` / ``RecordLengthLimitExceeded`` (a length field gone absurd), CRC mismatches."""
+    raw = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    name, text = type(exc).__name__, str(exc).lower()
+    if "crc" in name.lower() or "crc" in text:
+        what = "corrupt data: a checksum does not match (bytes changed after writing)"
+    elif name == "EndOfFile" or isinstance(exc, struct.error | EOFError):
+        what = "truncated or corrupt record (a record is cut short: a length field is damaged or the file ends)"
+    elif isinstance(exc, MemoryError) or name == "RecordLengthLimitExceeded" or "cannot fit" in text:
+        what = "corrupt record (a length or offset field declares an impossible value)"
+    elif isinstance(exc, OSError) or "seek" in text:
+        what = "corrupt index or summary (an offset points outside the file)"
+    elif isinstance(exc, UnicodeDecodeError):
+        what = "corrupt record (a text field such as a topic or schema name is not valid UTF-8)"
+    elif "lz4" in text or "zstd" in text or "decompress" in text:
+        what = "corrupt compressed chunk (it does not decompress)"
+    else:
+        return raw
+    return f"{what} ({raw})"

@@ -34,6 +34,7 @@ from mcap_protobuf.decoder import DecoderFactory as ProtobufDecoderFactory
 from mcap_ros2.decoder import DecoderFactory as Ros2DecoderFactory
 
 from .cdr_fast import decode_batch, learn_layout
+from .errors import describe_mcap_error
 from .mcap_chunks import (
     MSG_HEAD,
     OP_CHANNEL,
@@ -428,7 +429,7 @@ class McapDecoder:
                 cause = exc.cause
             else:
                 pos = size
-                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                cause = describe_mcap_error(exc)
             if count == 0:
                 raise DecodeError(
                     f"{path.name}: not readable as MCAP: {cause} (at byte {pos} of {size})", file=str(path)

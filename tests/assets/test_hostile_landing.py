@@ -1,17 +1,20 @@
-"""Hostile landing-zone content: links out of the landing zone and control characters in names."""
+"""Hostile or vanishing landing-zone content: links out of the landing zone, control characters in names, a
+drive folder deleted after registration."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from dagster import SensorResult, build_sensor_context, materialize
 
-from ad_assets import raw
+from ad_assets import decoded, raw
+from ad_resources.quality import GreatExpectationsResource
 from ad_sensors.landing import LandingCursor, evaluate_landing, plan_tick
 from tests.support.platform import LocalPlatform
 
@@ -100,6 +103,7 @@ def test_sensor_requests_a_run_for_a_drive_with_a_link_and_never_hashes_it(
     folder.mkdir(parents=True)
     (folder / "a.mcap").symlink_to(outside)
     os.utime(folder / "a.mcap", ns=(10**18, 10**18), follow_symlinks=False)  # old: settled
+    os.utime(folder, ns=(10**18, 10**18))
     with build_sensor_context(instance=local_platform.instance) as context:
         result = evaluate_landing(context, local_platform.landing, local_platform.lake, markets=("de",))
     assert isinstance(result, SensorResult)
@@ -129,3 +133,24 @@ def test_control_characters_in_names_never_reach_a_log_line(local_platform: Loca
     (line,) = plan.invalid_names
     assert "\n" not in line
     assert line.startswith("'de/Drive\\n2026-01-01 INFO - de.raw_drive - all drives ok': not a valid drive id")
+
+
+def test_a_drive_folder_deleted_after_registration_fails_naming_the_drive(local_platform: LocalPlatform) -> None:
+    folder = local_platform.land("de", "de-vanished")
+    (folder / "drive.json").write_text("{}")
+    assert _materialize(local_platform, "de-vanished").success
+    shutil.rmtree(folder)
+    (decoded_signals,) = decoded.definitions("de").assets
+    result = materialize(
+        [RAW_DRIVE, decoded_signals],
+        selection=[decoded_signals.key],
+        partition_key="de-vanished",
+        instance=local_platform.instance,
+        raise_on_error=False,
+        resources={**local_platform.resources, "great_expectations": GreatExpectationsResource()},
+    )
+    assert not result.success
+    assert _failure(result) == (
+        f"drive de/de-vanished: its landing folder is gone ({local_platform.landing_root}/de/de-vanished holds no "
+        "files): it was deleted or moved after registration; re-land the drive"
+    )

@@ -152,3 +152,22 @@ def test_corrupt_chunk_fails_its_crc(platform: Platform, shared_data: Path, tmp_
     platform.land("de-flip", corrupt)
     message = failure_message(platform.materialize("de-flip"))
     assert "flip.mcap" in message and "MCAP" in message
+
+
+def test_a_drive_of_many_files_logs_one_line_and_bounds_its_event(platform: Platform, shared_data: Path) -> None:
+    small = shared_data / "mcap" / "depthai__recording.mcap"
+    count = raw.FILES_IN_METADATA + 30
+    folder = platform.land("de-many")
+    for i in range(count):
+        shutil.copyfile(small, folder / f"part_{i:03d}.mcap")
+    result = platform.materialize("de-many")
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("de__raw_drive")
+    assert mat.metadata["file_count"].value == count
+    table = mat.metadata["files"].value
+    assert table.count(".mcap |") == raw.FILES_IN_METADATA
+    assert table.endswith("| … 30 more files (catalog: raw_files) | | | | | | |")
+    ok_lines = [e.message for e in platform.instance.all_logs(result.run_id) if e.message and "ok (" in e.message]
+    assert len(ok_lines) == 1 and f"de/de-many: {count} files ok (" in ok_lines[0], ok_lines
+    rows = platform.catalog.query("SELECT count(*) FROM raw_files WHERE drive_id = 'de-many'")
+    assert rows == [(count,)]  # the catalog still has every file

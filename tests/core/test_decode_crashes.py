@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ad_core.decode import DecodeError, decode_drive, decode_file
-from ad_core.inspect import InvalidLogError, inspect_mdf4
+from ad_core.inspect import InvalidLogError, inspect_mcap, inspect_mdf4
 
 REPO = Path(__file__).resolve().parents[2]
 SEGV = ("segv_get_scalar_8548.mf4", "segv_get_scalar_8559.mf4", "segv_vlsd_9095.mf4", "segv_get_master_9619.mf4")
@@ -225,3 +225,38 @@ def test_mdf_with_zeroed_header_block_names_the_damage(tmp_path: Path) -> None:
         decode_file(bad, tmp_path / "out")
     msg = str(info.value)
     assert "bad_link.mf4: " in msg and ("truncated" in msg or "damaged" in msg), msg
+
+
+def test_a_dbc_without_messages_is_rejected_naming_the_file(shared_data: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "vehicle.dbc"
+    notes.write_text("meeting notes: send the real DBC next week\n")  # canmatrix parses it as an empty DBC
+    mf4 = shared_data / "mdf4/canedge_raw/cssapi__other_matlab-basics_00000014.MF4"
+    with pytest.raises(DecodeError) as raised:
+        decode_drive([mf4], tmp_path / "out", [notes])
+    assert str(raised.value) == (
+        "vehicle.dbc: not a usable DBC: it defines no messages (BO_ lines); is it the right file?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("offset", "cause", "words"),
+    [
+        (10, "EndOfFile", "truncated or corrupt record (a record is cut short"),
+        (17, "UnicodeDecodeError", "corrupt record (a text field such as a topic or schema name is not valid UTF-8)"),
+        (89, "RuntimeError", "corrupt compressed chunk (it does not decompress)"),
+        (93, "MemoryError", "corrupt record (a length or offset field declares an impossible value)"),
+        (10155, "error", "truncated or corrupt record"),  # struct.error
+    ],
+)
+def test_mcap_library_exceptions_become_what_is_wrong_with_the_file(
+    shared_data: Path, tmp_path: Path, offset: int, cause: str, words: str
+) -> None:
+    """One byte inverted at ``offset`` of a real MCAP makes the mcap library raise ``cause``."""
+    data = bytearray((shared_data / "mcap/depthai__recording.mcap").read_bytes())
+    data[offset] ^= 0xFF
+    damaged = tmp_path / "damaged.mcap"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InvalidLogError) as raised:
+        inspect_mcap(damaged)
+    assert raised.value.reason.startswith(f"MCAP damaged: {words}"), raised.value.reason
+    assert type(raised.value.__cause__).__name__ == cause  # the raw exception stays the cause

@@ -84,7 +84,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[
         home.mkdir()
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         with DagsterInstance.from_config(str(home)) as instance:
-            outcomes = run_once(build_definitions(), instance, state_dir=state, log=lambda _: None)
+            outcomes = run_once(build_definitions(), instance, state_dir=state, log=lambda _: None, settle_s=0)
         yield state, outcomes
 
 

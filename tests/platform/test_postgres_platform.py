@@ -38,7 +38,9 @@ def test_landing_sensor_and_ingest_runs_on_postgres(
     monkeypatch.setenv("AD_STATE_DIR", str(tmp_path / "state"))
     (drive,) = generate_fleet(tmp_path / "state" / "landing", ["jp"], 1, 0.4, seed=11, workers=1)
 
-    outcomes = run_once(build_definitions(), postgres_instance, state_dir=tmp_path / "state", log=lambda _: None)
+    outcomes = run_once(
+        build_definitions(), postgres_instance, state_dir=tmp_path / "state", log=lambda _: None, settle_s=0
+    )
     assert [(o.drive_id, o.status) for o in outcomes] == [(drive.name, "materialized")]
     assert type(postgres_instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     assert postgres_instance.get_dynamic_partitions("drives_jp") == [drive.name]

@@ -7,16 +7,19 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, instance_for_test
+from dagster import AssetKey, DagsterInstance, instance_for_test
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.loader import LoadingContextForTest
 
 from ad_platform.definitions import build_definitions
-from ad_platform.runner import run_once
+from ad_platform.runner import RunOnceBusy, outcomes_json, run_once, run_once_lock
 from fleetgen import generate_fleet
 from tests.support import REPO_ROOT
 
@@ -34,7 +37,7 @@ def test_drives_go_through_once_reuploads_do_nothing_and_a_dbc_change_makes_deco
     (drive_dir,) = generate_fleet(landing, ["de"], 1, 0.4, seed=7, workers=1)
     defs = build_definitions()
     with instance_for_test() as instance:
-        (outcome,) = run_once(defs, instance, state_dir=state, log=lambda _: None)
+        (outcome,) = run_once(defs, instance, state_dir=state, log=lambda _: None, settle_s=0)
         assert (outcome.market, outcome.drive_id, outcome.status) == ("de", drive_dir.name, "materialized")
         assert outcome.materialized == ["de/decoded_signals", "de/odd_tags", "de/raw_drive", "de/synced_frames"]
         decoded = state / "lake" / "decoded" / "de" / drive_dir.name
@@ -42,11 +45,11 @@ def test_drives_go_through_once_reuploads_do_nothing_and_a_dbc_change_makes_deco
         rows = defs.resources["catalog"].query("select count(*) from raw_files where drive_id = ?", [drive_dir.name])
         assert rows == [(3,)]  # mf4, mcap, drive.json
 
-        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None, settle_s=0) == []
 
         # The same drive uploaded again (deterministic generator: identical bytes, new mtimes).
         generate_fleet(landing, ["de"], 1, 0.4, seed=7, workers=1)
-        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None, settle_s=0) == []
 
         resolver = CachingStaleStatusResolver(
             instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
@@ -58,7 +61,7 @@ def test_drives_go_through_once_reuploads_do_nothing_and_a_dbc_change_makes_deco
 
         dbc = landing / "de" / "_dbc" / "vehicle.dbc"
         dbc.write_text(dbc.read_text() + '\nCM_ "signal table revised";\n')
-        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None, settle_s=0) == []
         resolver = CachingStaleStatusResolver(
             instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
         )
@@ -140,7 +143,10 @@ def test_crash_reproducers_fail_their_own_drives_and_every_good_drive_is_ingeste
         folder.mkdir(parents=True)
         (folder / name).write_bytes((shared_data / "bad/fuzz" / name).read_bytes())
     with instance_for_test() as instance:
-        outcomes = {o.drive_id: o for o in run_once(build_definitions(), instance, state_dir=state, log=lambda _: None)}
+        outcomes = {
+            o.drive_id: o
+            for o in run_once(build_definitions(), instance, state_dir=state, log=lambda _: None, settle_s=0)
+        }
     assert set(outcomes) == {good.name, "de-crash-0", "de-crash-1"}
     assert outcomes[good.name].status == "materialized"
     assert "de/synced_frames" in outcomes[good.name].materialized
@@ -148,3 +154,125 @@ def test_crash_reproducers_fail_their_own_drives_and_every_good_drive_is_ingeste
         failed = outcomes[f"de-crash-{i}"]
         assert failed.status == "failed" and name in (failed.error or ""), failed.error
         assert "SIGSEGV" in (failed.error or ""), failed.error
+
+
+LONG_AGO_NS = time.time_ns() - 3_600 * 10**9
+
+
+def backdate(folder: Path) -> None:
+    """What waiting out the settle window does to a drive folder: everything in it was last touched long ago."""
+    for path in folder.iterdir():
+        os.utime(path, ns=(LONG_AGO_NS, LONG_AGO_NS))
+    os.utime(folder, ns=(LONG_AGO_NS, LONG_AGO_NS))
+
+
+def test_a_drive_still_being_written_is_settling_not_quarantined(state: Path) -> None:
+    landing = state / "landing"
+    good, uploading = generate_fleet(landing, ["de"], 2, 0.4, seed=3, workers=1)
+    backdate(good)
+    mcap = next(uploading.glob("*.mcap"))
+    content = mcap.read_bytes()
+    mcap.write_bytes(content[: len(content) // 3])
+    done_uploading = threading.Event()
+
+    def upload_slowly() -> None:  # a slow link: a few bytes every 0.2 s for as long as run-once runs
+        with open(mcap, "ab") as fh:
+            offset = len(content) // 3
+            while not done_uploading.wait(0.2):
+                fh.write(content[offset : offset + 16])
+                fh.flush()
+                offset += 16
+
+    uploader = threading.Thread(target=upload_slowly)
+    uploader.start()
+    defs = build_definitions()
+    with instance_for_test() as instance:
+        try:
+            outcomes = {o.drive_id: o for o in run_once(defs, instance, state_dir=state, log=lambda _: None)}
+        finally:
+            done_uploading.set()
+            uploader.join()
+        assert outcomes[good.name].status == "materialized"
+        waiting = outcomes[uploading.name]
+        assert (waiting.status, waiting.run_id, waiting.registration) == ("settling", None, None)
+        assert waiting.error == (
+            f"de/{uploading.name}: still being written (changed less than 5 s ago); left for the next run"
+        )
+        assert not (landing / "_quarantine").exists()
+        assert len(content) // 3 < mcap.stat().st_size < len(content)  # left where it is, still growing
+
+        mcap.write_bytes(content)  # the upload completes; then the settle window passes
+        backdate(uploading)
+        (done,) = run_once(defs, instance, state_dir=state, log=lambda _: None)
+        assert (done.drive_id, done.status, done.registration) == (uploading.name, "materialized", "new")
+        assert "de/synced_frames" in done.materialized
+
+
+def test_folders_that_are_not_drives_are_in_the_json_output(state: Path) -> None:
+    for name in (".partial-upload", "Drive With Spaces"):
+        folder = state / "landing" / "de" / name
+        folder.mkdir(parents=True)
+        (folder / "a.mcap").write_bytes(b"x")
+        backdate(folder)
+    with instance_for_test() as instance:
+        report = json.loads(outcomes_json(run_once(build_definitions(), instance, state_dir=state, log=print)))
+        assert [(o["drive_id"], o["status"], o["run_id"]) for o in report] == [
+            (".partial-upload", "skipped", None),
+            ("Drive With Spaces", "invalid_name", None),
+        ]
+        assert report[0]["error"] == (
+            "de/.partial-upload: hidden folder (name starts with '.'), not a drive; rename it to 'partial-upload' "
+            "if it is one"
+        )
+        assert "rename the folder to 'drive-with-spaces'" in report[1]["error"]
+        # reported once: the cursor has them, as the sensor's has
+        assert run_once(build_definitions(), instance, state_dir=state, log=print) == []
+
+
+def _write_local_instance_config(state: Path) -> Path:
+    """The embedded default's instance folder, written once before processes that share it start."""
+    home = state / "dagster_home"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
+def _run_once_process(state: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AD_", "DAGSTER_HOME"))}
+    env["AD_STATE_DIR"] = str(state)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ad_platform", "run-once", "--settle-s", "0", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_run_once_at_once_materialize_each_drive_once(state: Path) -> None:
+    drives = generate_fleet(state / "landing", ["de"], 2, 0.4, seed=11, workers=1)
+    home = _write_local_instance_config(state)
+    first, second = _run_once_process(state), _run_once_process(state)
+    (out1, err1), (out2, err2) = first.communicate(timeout=600), second.communicate(timeout=600)
+    results = sorted([(first.returncode, out1, err1), (second.returncode, out2, err2)])
+    (rc_done, out_done, err_done), (rc_busy, out_busy, err_busy) = results
+    assert (rc_done, rc_busy) == (0, 75), err_done + err_busy
+    assert sorted((o["drive_id"], o["status"]) for o in json.loads(out_done)) == sorted(
+        (d.name, "materialized") for d in drives
+    )
+    assert json.loads(out_busy) == []
+    assert re.search(r"another run-once \(pid \d+, since [0-9T:-]+Z\) holds .*run_once\.lock; nothing done", err_busy)
+
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        assert len(instance.get_runs()) == 2
+        raw = instance.fetch_materializations(AssetKey(["de", "raw_drive"]), limit=10).records
+        assert sorted(r.partition_key for r in raw) == sorted(d.name for d in drives)
+
+
+def test_run_once_while_another_holds_the_lock_does_nothing(state: Path) -> None:
+    generate_fleet(state / "landing", ["de"], 1, 0.4, seed=12, workers=1)
+    with instance_for_test() as instance, run_once_lock(state):
+        with pytest.raises(RunOnceBusy, match=rf"another run-once \(pid {os.getpid()}, since .*\) holds"):
+            run_once(build_definitions(), instance, state_dir=state, log=print, settle_s=0)
+        assert instance.get_runs() == []

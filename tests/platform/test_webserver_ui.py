@@ -137,7 +137,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         for seed, (market, count) in enumerate(DRIVES.items()):
             drives[market] = sorted(p.name for p in generate_fleet(state / "landing", [market], count, 0.4, seed=seed))
         with DagsterInstance.from_config(str(home)) as instance:
-            outcomes = run_once(build_definitions(), instance, state_dir=state, log=lambda _: None)
+            outcomes = run_once(build_definitions(), instance, state_dir=state, log=lambda _: None, settle_s=0)
     assert sorted(o.status for o in outcomes) == ["materialized"] * sum(DRIVES.values()), outcomes
 
     port = _free_port()

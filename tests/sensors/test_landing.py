@@ -27,6 +27,7 @@ def land(root: Path, market: str, drive: str, files: dict[str, bytes], mtime_ns:
         path = folder / name
         path.write_bytes(data)
         os.utime(path, ns=(mtime_ns, mtime_ns))
+    os.utime(folder, ns=(mtime_ns, mtime_ns))  # the folder's mtime is part of the settle rule
 
 
 def register_as_raw_drive_would(lake: LocalLake, landing: LocalLandingZone, market: str, drive: str) -> None:
@@ -115,6 +116,7 @@ def test_unsettled_drives_wait_and_invalid_names_are_reported(harness: Harness) 
     assert json.loads(harness.cursor or "{}")["keys"] == ["de/Drive With Spaces"]
     # Once the upload has settled it registers.
     os.utime(root / "de" / "de-uploading" / "a.mcap", ns=(OLD + 5, OLD + 5))
+    os.utime(root / "de" / "de-uploading", ns=(OLD + 5, OLD + 5))
     assert requested(harness.tick(("de",))) == [("ingest_de", "de-uploading", "new")]
 
 
@@ -157,3 +159,16 @@ def test_ten_thousand_new_drives_are_registered_in_chunked_ticks_well_under_the_
     assert len(tick_seconds) - 1 == 10_000 // LandingSensorSettings.max_drives_per_tick
     assert len(harness.partitions("de")) == len(harness.partitions("us")) == 5_000
     assert max(tick_seconds) < 30, tick_seconds
+
+
+def test_a_copy_that_preserves_mtimes_waits_for_the_folder_to_settle(harness: Harness) -> None:
+    """`cp -p`/`rsync -t` give every finished file its old mtime: only the folder's own mtime shows that files
+    are still arriving (it moves with each file created)."""
+    root = Path(harness.landing.root)
+    land(root, "de", "de-copying", {"a.mcap": b"1"})
+    os.utime(root / "de" / "de-copying", ns=(time.time_ns(), time.time_ns()))  # the next file just appeared
+    result = harness.tick(("de",))
+    assert requested(result) == [] and harness.partitions("de") == []
+    assert "1 settling" in str(getattr(result, "skip_message", ""))
+    os.utime(root / "de" / "de-copying", ns=(OLD, OLD))
+    assert requested(harness.tick(("de",))) == [("ingest_de", "de-copying", "new")]
