@@ -61,10 +61,12 @@ def evaluate_rules(
     rules: Sequence[QualityRule],
     tables: Mapping[str, Mapping[str, pd.DataFrame]],
     gx: GreatExpectationsResource,
+    details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[AssetCheckResult]:
     """One result per rule over all drives of the step (one drive per run from the sensor, many in backfills).
 
-    ``tables``: drive -> table name -> the dataframe a rule's expectations run on.
+    ``tables``: drive -> table name -> the dataframe a rule's expectations run on; ``details``: rule name ->
+    extra metadata for its result (texts too long for the failing-rows table, such as a full reason).
     """
     results = []
     for rule in rules:
@@ -81,6 +83,7 @@ def evaluate_rules(
         }
         if failed:
             metadata["what_failed"] = MetadataValue.md("\n".join(_failures_markdown(d, o) for d, o in failed.items()))
+        metadata.update((details or {}).get(rule.name, {}))
         results.append(
             AssetCheckResult(
                 asset_key=asset_key,

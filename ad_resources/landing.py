@@ -2,7 +2,8 @@
 
 Sensors and assets only talk to a :class:`LandingZone`; where the bytes live (a local folder here, S3 in
 production) is the resource's business. Folders whose name starts with ``_`` are not drives:
-``<market>/_dbc/*.dbc`` holds the market's DBC files and ``_quarantine/`` the files that failed validation.
+``<market>/_dbc/*.dbc`` holds the market's DBC files, ``<market>/_profiles/*.json`` its vehicles' sensor profiles
+(docs/sensor-profiles.md) and ``_quarantine/`` the files that failed validation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ad_common.hashing import sha256_file
 
 DRIVE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 DBC_FOLDER = "_dbc"
+PROFILES_FOLDER = "_profiles"
 MANIFEST = MANIFEST_NAME
 QUARANTINE_FOLDER = "_quarantine"
 
@@ -70,11 +72,24 @@ class LandingZone(ConfigurableResource):
         """A local path to read the file from (a download for remote stores), valid inside the context."""
         raise NotImplementedError
 
-    def dbc_files(self, market: str) -> list[FileStat]:
+    def market_files(self, market: str, folder: str, suffix: str) -> list[FileStat]:
+        """The files of a market's configuration folder (``_dbc``, ``_profiles``) ending in ``suffix``."""
         raise NotImplementedError
 
-    def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+    def local_market_file(self, market: str, folder: str, name: str) -> contextlib.AbstractContextManager[Path]:
         raise NotImplementedError
+
+    def dbc_files(self, market: str) -> list[FileStat]:
+        return self.market_files(market, DBC_FOLDER, ".dbc")
+
+    def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        return self.local_market_file(market, DBC_FOLDER, name)
+
+    def profile_files(self, market: str) -> list[FileStat]:
+        return self.market_files(market, PROFILES_FOLDER, ".json")
+
+    def local_profile(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        return self.local_market_file(market, PROFILES_FOLDER, name)
 
     def dbc_version(self, market: str) -> str | None:
         """Content identity of a market's DBC set: sha256 over the files' names and content hashes."""
@@ -149,13 +164,13 @@ class LocalLandingZone(LandingZone):
     def local_file(self, market: str, drive_id: str, name: str) -> Iterator[Path]:
         yield self._drive_dir(market, drive_id) / name
 
-    def dbc_files(self, market: str) -> list[FileStat]:
-        folder = self._root / market / DBC_FOLDER
-        return [f for f in self._stats(folder) if f.name.lower().endswith(".dbc")] if folder.is_dir() else []
+    def market_files(self, market: str, folder: str, suffix: str) -> list[FileStat]:
+        path = self._root / market / folder
+        return [f for f in self._stats(path) if f.name.lower().endswith(suffix)] if path.is_dir() else []
 
     @contextlib.contextmanager
-    def local_dbc(self, market: str, name: str) -> Iterator[Path]:
-        yield self._root / market / DBC_FOLDER / name
+    def local_market_file(self, market: str, folder: str, name: str) -> Iterator[Path]:
+        yield self._root / market / folder / name
 
     def _quarantine_dir(self, market: str, drive_id: str) -> Path:
         return self._root / QUARANTINE_FOLDER / market / drive_id

@@ -32,11 +32,12 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from ad_assets.synced import sensor_profiles_version
 from ad_common.hashing import sha256_file
 from ad_common.lake_layout import registry_path
 from ad_common.markets import MARKETS
 from ad_common.partitions import drive_partitions
-from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, VEHICLE_DBC
+from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, SENSOR_PROFILES, VEHICLE_DBC
 from ad_resources.lake import Lake
 from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
 
@@ -53,13 +54,21 @@ class LandingCursor:
     mtime_ns: int = 0
     keys: list[str] = field(default_factory=list)
     dbc_versions: dict[str, str] = field(default_factory=dict)
+    profile_versions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> LandingCursor:
         return cls(**json.loads(raw)) if raw else cls()
 
     def dump(self) -> str:
-        return json.dumps({"mtime_ns": self.mtime_ns, "keys": sorted(self.keys), "dbc_versions": self.dbc_versions})
+        return json.dumps(
+            {
+                "mtime_ns": self.mtime_ns,
+                "keys": sorted(self.keys),
+                "dbc_versions": self.dbc_versions,
+                "profile_versions": self.profile_versions,
+            }
+        )
 
     def is_new(self, listing: DriveListing) -> bool:
         mtime = listing.mtime_ns
@@ -126,7 +135,11 @@ def plan_tick(
     """Decide what one tick registers. Pure apart from the callables, so it is tested without Dagster."""
     started = time.monotonic()
     candidates = sorted((d for d in listings if cursor.is_new(d)), key=lambda d: (d.mtime_ns, _key(d)))
-    plan = TickPlan(cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions)))
+    plan = TickPlan(
+        cursor=LandingCursor(
+            cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions), dict(cursor.profile_versions)
+        )
+    )
     settled_before = now_ns - int(settle_s * 1e9)
     processed = 0
     for index, listing in enumerate(candidates):
@@ -200,19 +213,21 @@ def evaluate_landing(
         now_ns=time.time_ns(),
     )
 
-    # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
+    # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale; a
+    # changed sensor profile one of its sensor_profiles asset: synced drives turn stale.
     asset_events = []
     for market in markets:
-        version = landing.dbc_version(market)
-        if version and plan.cursor.dbc_versions.get(market) != version:
-            asset_events.append(
-                AssetObservation(
-                    AssetKey([market, VEHICLE_DBC]),
-                    tags={DATA_VERSION_TAG: version},
-                    metadata={"sha256": version},
+        for name, version, seen in (
+            (VEHICLE_DBC, landing.dbc_version(market), plan.cursor.dbc_versions),
+            (SENSOR_PROFILES, sensor_profiles_version(landing, market), plan.cursor.profile_versions),
+        ):
+            if version and seen.get(market) != version:
+                asset_events.append(
+                    AssetObservation(
+                        AssetKey([market, name]), tags={DATA_VERSION_TAG: version}, metadata={"sha256": version}
+                    )
                 )
-            )
-            plan.cursor.dbc_versions[market] = version
+                seen[market] = version
 
     for message in plan.invalid_names:
         context.log.warning(message)
