@@ -146,10 +146,18 @@ def build_sync_plan(
     decoded_dir: Path, profile: SensorProfile, *, mdf_clock_offset_ns: int = 0, causal: bool = False
 ) -> SyncPlan:
     """The SyncConfig for one decoded drive; ``mdf_clock_offset_ns`` is removed from MDF and CAN streams."""
-    tables = {t.info.name: t for t in map(_read_table, sorted(decoded_dir.glob("*.parquet"))) if t.rows}
+    found = [t for t in map(_read_table, sorted(decoded_dir.glob("*.parquet"))) if t.rows]
+    # raw CAN frames (no DBC decodes them) are kept in the lake, but there is nothing in them to interpolate
+    tables = {t.info.name: t for t in found if t.info.kind != "can_raw"}
     roles = profile.resolve([t.info for t in tables.values()])
     if not tables:
-        return SyncPlan(None, profile, roles, "", "no decoded stream has any rows: there is nothing to sync")
+        why = "no decoded stream has any rows: there is nothing to sync"
+        if found:
+            why = (
+                "only raw CAN frames were decoded (no DBC knows their ids): add the vehicle's DBC to the market's "
+                "_dbc folder and re-decode the drive"
+            )
+        return SyncPlan(None, profile, roles, "", why)
     reference, what, ref_stream = _reference(profile, tables, roles)
     if reference is None:
         return SyncPlan(None, profile, roles, "", what)
