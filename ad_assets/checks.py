@@ -10,8 +10,7 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
 
 from ad_core.decode.parquet_out import snake
-from ad_core.quality.profile import SignalProfile, StreamProfile
-from ad_core.quality.rules import QualityRule, profile_tables
+from ad_core.quality.rules import QualityRule
 from ad_resources.quality import GreatExpectationsResource, SuiteOutcome
 
 
@@ -48,12 +47,6 @@ def _failures_markdown(drive_id: str, outcome: SuiteOutcome) -> str:
             lines += ["| " + " | ".join(_cell(r[c]) for c in header) + " |" for r in failure.unexpected_rows]
         lines.append("")
     return "\n".join(lines)
-
-
-def decoded_tables(
-    profiles: Mapping[str, tuple[list[StreamProfile], list[SignalProfile]]],
-) -> dict[str, dict[str, pd.DataFrame]]:
-    return {drive: profile_tables(*p) for drive, p in profiles.items()}
 
 
 def evaluate_rules(

@@ -70,10 +70,7 @@ def decode_mdf_files(
         file_hashes = {k: f.result() for k, f in hashes.items()}
         for p, s in sinks:
             reports.append(s.close({"source_file": p.name, "source_sha256": file_hashes.get(p.name, "")}))
-        can_reports = can.close(file_hashes)
-        reports.extend(can_reports)
-        # frames no DBC decodes are kept (can__unknown_frames); the drive's errors say so too
-        errors.extend(f"{r.name}: {r.error}" for r in can_reports if r.status != "ok" and r.error)
+        reports.extend(can.close(file_hashes))
     finally:
         manager.shutdown()
         hasher.shutdown(wait=True)

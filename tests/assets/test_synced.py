@@ -90,6 +90,8 @@ def test_a_healthy_drive_passes_every_check_and_its_frames_match_the_ground_trut
         "no_gaps",
         "no_flatlines_or_nan_runs",
         "rates_within_tolerance",
+        "clock_sanity",
+        "nothing_dropped",
         "frames_within_tolerance",
         "required_sensors_present",
         "sync_reference_available",
