@@ -802,7 +802,16 @@ def _column(vals: list[Any], known: pa.DataType | None) -> pa.Array:
         else:
             arr = pa.array(vals)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        arr = pa.array([None if v is None else json.dumps(v, default=_json_fallback) for v in vals])
+        if all(v is None or (type(v) is int and v >= 0) for v in vals):  # uint64 values >= 2^63
+            arr = pa.array(vals, type=pa.uint64())
+        else:
+            # mixed values (a sequence of messages is JSON text, an empty one []): text stays as it is
+            arr = pa.array(
+                [
+                    None if v is None else v if isinstance(v, str) else json.dumps(v, default=_json_fallback)
+                    for v in vals
+                ]
+            )
     if pa.types.is_integer(arr.type) and any(isinstance(v, float) for v in vals):
         arr = arr.cast(pa.float64())
     if pa.types.is_list(arr.type) and pa.types.is_integer(arr.type.value_type):

@@ -99,15 +99,18 @@ def typestore_for(schema_name: str, text: str) -> tuple[Any, str]:
     return store, name
 
 
-def flatten_rosbags(obj: Any, prefix: str, out: dict[str, Any], to_json: Callable[[Any], str]) -> None:
+def _field_names(store: Any, obj: Any) -> list[str]:
+    """The message fields of a rosbags object (its dataclass also carries the type tag and the constants)."""
+    return [name for name, _ in store.fielddefs[obj.__msgtype__][1]]
+
+
+def flatten_rosbags(store: Any, obj: Any, prefix: str, out: dict[str, Any], to_json: Callable[[Any], str]) -> None:
     """A rosbags message -> flattened columns, as ``mcap_reader._flatten_obj`` flattens mcap-ros2 messages."""
-    for f in dataclasses.fields(obj):
-        if f.name == "__msgtype__":  # rosbags' type tag, not a message field
-            continue
-        v = getattr(obj, f.name)
-        name = prefix + f.name
+    for field_name in _field_names(store, obj):
+        v = getattr(obj, field_name)
+        name = prefix + field_name
         if dataclasses.is_dataclass(v):
-            flatten_rosbags(v, name + ".", out, to_json)
+            flatten_rosbags(store, v, name + ".", out, to_json)
         elif isinstance(v, np.ndarray):
             out[name] = v.tobytes() if v.dtype.itemsize == 1 and v.dtype.kind in "ui" else v.astype(float).tolist()
         elif isinstance(v, list):
@@ -121,14 +124,6 @@ def flatten_rosbags(obj: Any, prefix: str, out: dict[str, Any], to_json: Callabl
             out[name] = v
 
 
-def rosbags_json_default(o: Any) -> Any:
-    if dataclasses.is_dataclass(o):
-        return {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name != "__msgtype__"}
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def rosbags_decoder(name: str, text: str) -> tuple[Callable[[bytes], Any], Callable[[Any], dict[str, Any]]]:
     """(decode, flatten) for a cdr topic through rosbags; raises ``Unsupported`` with the reason."""
     store, typename = typestore_for(name, text)
@@ -137,12 +132,17 @@ def rosbags_decoder(name: str, text: str) -> tuple[Callable[[bytes], Any], Calla
     except Exception as exc:
         raise Unsupported(f"rosbags cannot compile {name!r} ({type(exc).__name__}: {exc})") from exc
 
+    def json_default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o):
+            return {name: getattr(o, name) for name in _field_names(store, o)}
+        return o.tolist() if isinstance(o, np.ndarray) else str(o)
+
     def to_json(v: Any) -> str:
-        return json.dumps(v, default=rosbags_json_default, separators=(",", ":"))
+        return json.dumps(v, default=json_default, separators=(",", ":"))
 
     def flatten(m: Any) -> dict[str, Any]:
         d: dict[str, Any] = {}
-        flatten_rosbags(m, "", d, to_json)
+        flatten_rosbags(store, m, "", d, to_json)
         return d
 
     return (lambda payload: store.deserialize_cdr(payload, typename)), flatten
