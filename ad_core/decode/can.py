@@ -8,7 +8,8 @@ multiplexing are asammdf's vectorised ``bus_logging_utils.extract_mux`` -- the s
 Nothing is lost without a word: frames whose id no DBC knows go to one raw-frames table (``can__unknown_frames``,
 kind ``can_raw``); DBC messages longer than a classic CAN frame (UDS responses) are reassembled with ISO-TP
 (``isotp.py``) before decoding; a message whose signals all came out null is reported with status ``all_null``.
-A multiplexed message gives one row per frame (signals its multiplexor does not select are null).
+A multiplexed message gives one table per multiplexor value (``can__<message>__<multiplexor>_<value>``, e.g.
+one per OBD2 PID), holding only the frames that carry those signals: every table is a signal's own samples.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class _MessageOut:
     dbc: _Dbc
     signals: list[str]
     units: dict[str, str]
-    sink: StreamSink | None = None
+    sinks: dict[tuple[str | None, int], tuple[StreamSink, list[str]]] = field(default_factory=dict)  # by mux group
     source_files: list[str] = field(default_factory=list)
     decoded_values: dict[str, int] = field(default_factory=dict)  # signal -> non-null samples so far
     isotp: dict[int, IsoTpReassembler] = field(default_factory=dict)  # bus -> reassembler (ISO-TP messages)
@@ -61,6 +62,20 @@ class _MessageOut:
             (s for s in self.message.signals if s.multiplex == "Multiplexor" and s.muxer_for_signal is None), None
         )
         return b"\x00" if top is not None and top.start_bit // 8 >= 1 else b""
+
+
+def _signal_array(sig: dict[str, Any] | None, n: int) -> pa.Array:
+    """One extracted signal as float64 with nulls for invalid samples (J1939 "not available")."""
+    if sig is None:
+        return pa.nulls(n, pa.float64())
+    vals = np.asarray(sig["samples"])
+    if vals.dtype.kind not in "uifb":
+        try:
+            vals = vals.astype(np.float64)
+        except (TypeError, ValueError):
+            return pa.nulls(n, pa.float64())
+    mask = sig.get("invalidation_bits")
+    return pa.array(vals.astype(np.float64, copy=False), mask=None if mask is None else np.asarray(mask, dtype=bool))
 
 
 def _j1939_pgn(ids: np.ndarray) -> np.ndarray:
@@ -131,22 +146,29 @@ class CanDecoder:
             self._outs[key] = o
         if source_name not in o.source_files:
             o.source_files.append(source_name)
-        if o.sink is None:
-            d = self.dbcs[di]
-            o.sink = self.manager.sink(
-                f"can__{snake(message.name)}",
-                "can",
-                source_name,
-                {
-                    "decoder_version": self.decoder_version,
-                    "dbc_file": d.path.name,
-                    "dbc_sha256": d.sha256,
-                    "can_message": message.name,
-                    "can_id": hex(message.arbitration_id.id),
-                },
-                units=o.units,
-            )
         return o
+
+    def _group_sink(
+        self, o: _MessageOut, muxer: str | None, value: int, source: str, names: Sequence[str]
+    ) -> tuple[StreamSink, list[str]]:
+        """The table of one multiplexor value of a message (the message's own table for its unmultiplexed part)."""
+        key = (muxer, value)
+        if key not in o.sinks:
+            meta = {
+                "decoder_version": self.decoder_version,
+                "dbc_file": o.dbc.path.name,
+                "dbc_sha256": o.dbc.sha256,
+                "can_message": o.message.name,
+                "can_id": hex(o.message.arbitration_id.id),
+            }
+            name = f"can__{snake(o.message.name)}"
+            if muxer is not None:
+                meta["can_multiplexor"] = f"{muxer}={value}"
+                name = f"{name}__{snake(muxer)}_{value}"
+            signals = [s for s in o.signals if s in names]
+            units = {s: o.units[s] for s in signals}
+            o.sinks[key] = (self.manager.sink(name, "can", source, meta, units=units), signals)
+        return o.sinks[key]
 
     def feed(
         self,
@@ -249,57 +271,41 @@ class CanDecoder:
                 f"{type(exc).__name__}: {exc}",
                 stream=f"can__{snake(message.name)}",
             ) from exc
-        assert out.sink is not None
-        n = len(t)
-        values = {name: np.full(n, np.nan) for name in out.signals}
-        valid = {name: np.zeros(n, dtype=bool) for name in out.signals}
-        for signals in extracted.values():  # one group per multiplexor value: scattered back onto its frames
-            for sig in signals.values():
-                if sig["name"] not in values or not len(sig["samples"]):
-                    continue
-                rows = np.asarray(sig["t"]).astype(np.int64)
-                vals = np.asarray(sig["samples"])
-                if vals.dtype.kind not in "uifb":
-                    try:
-                        vals = vals.astype(np.float64)
-                    except (TypeError, ValueError):
-                        continue
-                ok = np.ones(len(rows), dtype=bool)
-                if sig.get("invalidation_bits") is not None:
-                    ok = ~np.asarray(sig["invalidation_bits"], dtype=bool)
-                values[sig["name"]][rows] = vals.astype(np.float64, copy=False)
-                valid[sig["name"]][rows] = ok
-        arrays: dict[str, pa.Array] = {
-            "timestamp_ns": pa.array(np.asarray(t, dtype=np.int64)),
-            "bus": pa.array(np.full(n, b, dtype=np.uint8)),
-            "can_id": pa.array(np.full(n, msg_id, dtype=np.uint32)),
-        }
-        for name in out.signals:
-            arrays[name] = pa.array(values[name], mask=~valid[name])
-            out.decoded_values[name] = out.decoded_values.get(name, 0) + int(valid[name].sum())
-        out.sink.append(pa.RecordBatch.from_pydict(arrays))
+        for (*_, muxer, value, _max), signals in extracted.items():
+            present = [sig for sig in signals.values() if len(sig["samples"])]
+            if not present:
+                continue
+            sink, names = self._group_sink(out, muxer, value, source_name, list(signals))
+            rows = np.asarray(present[0]["t"]).astype(np.int64)  # frame indices (see the call above)
+            n = len(rows)
+            arrays: dict[str, pa.Array] = {
+                "timestamp_ns": pa.array(np.asarray(t, dtype=np.int64)[rows]),
+                "bus": pa.array(np.full(n, b, dtype=np.uint8)),
+                "can_id": pa.array(np.full(n, msg_id, dtype=np.uint32)),
+            }
+            for name in names:
+                arrays[name] = _signal_array(signals.get(name), n)
+                out.decoded_values[name] = out.decoded_values.get(name, 0) + n - arrays[name].null_count
+            sink.append(pa.RecordBatch.from_pydict(arrays))
 
     def close(self, file_hashes: dict[str, str]) -> list[StreamReport]:
         reports = []
         for o in self._outs.values():
-            if o.sink is None:
-                continue
             for reassembler in o.isotp.values():
                 reassembler.finish()
-            r = o.sink.close_from_sources(o.source_files, file_hashes)
-            notes = []
-            if o.isotp:
-                stats = [x.stats for x in o.isotp.values()]
-                notes.append(f"ISO-TP: {'; '.join(s.describe() for s in stats)}")
+            notes = [f"ISO-TP: {'; '.join(x.stats.describe() for x in o.isotp.values())}"] if o.isotp else []
             never = [name for name in o.signals if not o.decoded_values.get(name)]
-            if r.rows and len(never) == len(o.signals):
-                r.status = "all_null"
-                notes.insert(0, f"every signal is null in all {r.rows} rows (wrong DBC for these frames?)")
-            elif never:
+            if never and len(never) < len(o.signals):
                 notes.append(f"signals null in every row: {', '.join(never)} (their multiplexor value never occurs)")
-            for note in notes:
-                r.error = f"{r.error}; {note}" if r.error else note
-            reports.append(r)
+            for i, (sink, names) in enumerate(o.sinks.values()):
+                r = sink.close_from_sources(o.source_files, file_hashes)
+                if r.rows and all(name in never for name in names):
+                    r.status = "all_null"
+                    note = f"every signal is null in all {r.rows} rows (wrong DBC for these frames?)"
+                    r.error = f"{r.error}; {note}" if r.error else note
+                for note in notes if i == 0 else []:  # message-level notes on its first table
+                    r.error = f"{r.error}; {note}" if r.error else note
+                reports.append(r)
         if self._unknown is not None:
             r = self._unknown.close_from_sources(self._unknown_sources, file_hashes)
             ids = sorted(self.unknown_ids)

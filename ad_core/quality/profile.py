@@ -58,6 +58,7 @@ class StreamProfile:
     # samples out of recorded order before the decoder sorted the table (file metadata ``out_of_order_samples``)
     out_of_order_samples: int = 0
     nominal_hz: float | None = None
+    kind: str = ""  # the decode contract's stream kind (file metadata)
     # what is wrong with this stream's clock (clock_sanity check): relative, future, jumping, disagreeing
     clock_issue: str | None = None
     header_offset_ns: int | None = None  # first header stamp minus first log time (streams with header stamps)
@@ -145,6 +146,8 @@ class _SignalProfiler:
         self.nan = _RunTracker()
 
     def update(self, t: np.ndarray, v: np.ndarray) -> None:
+        """Samples of this signal (nulls -- a multiplexor value not selected, J1939 "not available" -- are
+        absent samples, not values: the caller leaves them out; NaN values are counted)."""
         p = self.profile
         p.rows += len(v)
         isnan = np.isnan(v)
@@ -190,6 +193,7 @@ def profile_stream(
     profile = StreamProfile(stream, nominal_hz=nominal_hz)
     kv = parquet.metadata.metadata or {}
     profile.out_of_order_samples = int(kv.get(b"out_of_order_samples", b"0") or 0)
+    profile.kind = kv.get(b"kind", b"").decode()
     profilers = {s: _SignalProfiler(stream, s) for s in wanted}
     last_t: int | None = None
     last_sensor: int | None = None
@@ -218,8 +222,13 @@ def profile_stream(
             if profile.header_offset_ns is None and s[0] != 0:  # a zero stamp is "not set", not a clock
                 profile.header_offset_ns = int(s[0]) - int(t[0])
         for name, profiler in profilers.items():
-            values = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-            profiler.update(t, values)
+            column = batch.column(name)
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            if column.null_count:
+                present = column.is_valid().to_numpy(zero_copy_only=False)
+                profiler.update(t[present], values[present])
+            else:
+                profiler.update(t, values)
     profile.clock_issue = _clock_issue(profile, now_ns)
     return profile, [p.profile for p in profilers.values()]
 

@@ -106,10 +106,15 @@ def _read_table(path: Path) -> _Table:
 
 
 def _grid(hz: float, tables: Mapping[str, _Table], roles: Mapping[str, RoleMatch | None]) -> tuple[GridReference, str]:
-    """A grid over the busiest role stream (the vehicle clock's heartbeat; any stream when no role is found)."""
-    candidates = [tables[m.stream] for m in roles.values() if m is not None] or list(tables.values())
-    beat = max(candidates, key=lambda t: (t.rows, t.info.name))
-    return GridReference(beat.first_ns, beat.last_ns, round(1e9 / hz), name=f"grid_{hz:g}hz"), beat.info.name
+    """A grid over the span the role streams share (every frame can have every role); over the busiest stream
+    (the vehicle clock's heartbeat) when they share none or no role is found."""
+    period = round(1e9 / hz)
+    streams = sorted({m.stream for m in roles.values() if m is not None})
+    shared = (max(tables[s].first_ns for s in streams), min(tables[s].last_ns for s in streams)) if streams else None
+    if shared and shared[0] <= shared[1] and len(streams) > 1:
+        return GridReference(*shared, period, name=f"grid_{hz:g}hz"), "+".join(streams)
+    beat = max([tables[s] for s in streams] or tables.values(), key=lambda t: (t.rows, t.info.name))
+    return GridReference(beat.first_ns, beat.last_ns, period, name=f"grid_{hz:g}hz"), beat.info.name
 
 
 def _reference(

@@ -92,21 +92,21 @@ def test_the_default_profile_finds_a_camera_by_its_schema_not_its_topic(tmp_path
     assert plan.checked == {"a"}
 
 
-def test_a_signal_only_drive_syncs_on_a_10_hz_grid_over_its_busiest_role_stream(tmp_path: Path) -> None:
+def test_a_signal_only_drive_syncs_on_a_10_hz_grid_over_the_span_its_role_streams_share(tmp_path: Path) -> None:
     speed_ts = T0 + np.arange(0, 2000, 10, dtype=np.int64) * MS
     table(tmp_path / "can__vehicle.parquet", speed_ts, {"kind": "can"}, VehicleSpeed=np.linspace(0, 50, len(speed_ts)))
     lat_ts = T0 + np.arange(0, 2000, 1000, dtype=np.int64) * MS
     table(tmp_path / "can__gnss_pos.parquet", lat_ts, {"kind": "can"}, Latitude=np.array([56.1, 56.2]))
     plan = build_sync_plan(tmp_path, select_profile(load_profiles(), None, []))
-    assert plan.reference == "grid 10 Hz over can__vehicle"
+    assert plan.reference == "grid 10 Hz over can__gnss_pos+can__vehicle"  # 0 .. 1 s: both have samples
     assert plan.config is not None and isinstance(plan.config.reference, GridReference)
     report = sync_drive(plan.config, tmp_path / "frames.parquet")
     frames = pq.read_table(tmp_path / "frames.parquet")
-    assert report.frames == 20 and frames["timestamp_ns"][1].as_py() - frames["timestamp_ns"][0].as_py() == 100 * MS
+    assert report.frames == 11 and frames["timestamp_ns"][1].as_py() - frames["timestamp_ns"][0].as_py() == 100 * MS
     assert frames["vehicle.VehicleSpeed"][10].as_py() == pytest.approx(25.1256, abs=1e-3)
 
 
-def test_a_grid_over_a_clock_that_jumps_years_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_a_grid_over_one_role_stream_that_jumps_years_is_refused_with_the_reason(tmp_path: Path) -> None:
     ts = np.array([1_000_000_000, T0], dtype=np.int64)  # time since boot, then an absolute stamp
     table(tmp_path / "can__vehicle.parquet", ts, {"kind": "can"}, VehicleSpeed=np.array([1.0, 2.0]))
     plan = build_sync_plan(tmp_path, select_profile(load_profiles(), None, []))
