@@ -66,7 +66,7 @@ DECODED_RULES: tuple[QualityRule, ...] = (
         "no_gaps",
         True,
         f"No stream has a gap longer than max({MAX_GAP_FLOOR_S} s, {MAX_GAP_PERIODS} nominal periods); log "
-        "(rosout) streams are event-driven and exempt.",
+        "(rosout) and raw CAN frame tables are not signals and are exempt.",
         "streams",
         ("stream", "max_gap_at_ns"),
         lambda: [
@@ -134,8 +134,9 @@ def profile_tables(
     for s in streams:
         row = s.row()
         rate = s.nominal_hz or s.rate_hz
-        # log messages (rosout) come when something happens: a quiet stretch is no gap
-        event_stream = s.kind == "log" and not s.nominal_hz
+        # log messages (rosout) come when something happens, and a raw CAN table mixes unrelated ids: a quiet
+        # stretch in either is no hole in a signal
+        event_stream = s.kind in ("log", "can_raw") and not s.nominal_hz
         row["gap_limit_s"] = max(MAX_GAP_FLOOR_S, MAX_GAP_PERIODS / rate) if rate and not event_stream else float("inf")
         stream_rows.append(row)
     return {
