@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 2
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 2
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor clean lock deploy-check checkov
+.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor clean lock deploy-check checkov
 
 venv: $(STAMP)
 
@@ -61,6 +61,9 @@ fmt: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py
+
+bench-ros2: $(STAMP)
+	$(PY) benchmarks/bench_ros2_nested.py
 
 bench-sync: $(STAMP)
 	$(PY) benchmarks/bench_sync.py
