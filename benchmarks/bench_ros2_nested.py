@@ -1,11 +1,11 @@
 """ROS 2 nested-message decode benchmark: odometry, tf and pose topics in one MCAP -> Parquet.
 
 The MCAP is written once with the ``rosbags`` standard ROS 2 typestore (serializer and the ros2msg schema
-texts a rosbag2 recorder writes: the type followed by its dependencies), messages interleaved by
-time: ``nav_msgs/msg/Odometry`` at 100 Hz, ``tf2_msgs/msg/TFMessage`` (3 transforms) at 100 Hz and
-``geometry_msgs/msg/PoseStamped`` at 50 Hz, with changing values, uncompressed chunks (rosbag2's default). Cached under benchmarks/.data (git-ignored).
-``decode_drive`` runs in-process after one untimed warm-up; the median of ``--runs`` decodes is reported as
-MB/s of MCAP file. One JSON line on stdout.
+texts a rosbag2 recorder writes: the type followed by its dependencies), messages interleaved by time:
+``nav_msgs/msg/Odometry`` at 100 Hz, ``tf2_msgs/msg/TFMessage`` (3 transforms) at 100 Hz and
+``geometry_msgs/msg/PoseStamped`` at 50 Hz, with changing values, in uncompressed chunks (rosbag2's default).
+Cached under benchmarks/.data (git-ignored). ``decode_drive`` runs in-process after one untimed warm-up; the
+median of ``--runs`` decodes is reported as MB/s of MCAP file. One JSON line on stdout.
 
     python benchmarks/bench_ros2_nested.py [--seconds 600] [--runs 3]
 """
