@@ -76,9 +76,7 @@ def write_mcap(path: Path, seconds: float) -> None:
         return T[typ](header(ns, "map"), pose(i))
 
     events = sorted(
-        (int(t0 + k * 1e9 / hz), topic)
-        for topic, (_, hz) in TOPICS.items()
-        for k in range(int(seconds * hz))
+        (int(t0 + k * 1e9 / hz), topic) for topic, (_, hz) in TOPICS.items() for k in range(int(seconds * hz))
     )
     with open(path, "wb") as fh:
         writer = Writer(fh, compression=CompressionType.NONE)  # as rosbag2 records by default
