@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-sync bench-sensor bench-curate clean lock deploy-check checkov dbt-manifest dbt-docs
+.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor bench-curate clean lock deploy-check checkov dbt-manifest dbt-docs
 
 venv: $(STAMP)
 
@@ -75,6 +75,9 @@ fmt: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py
+
+bench-ros2: $(STAMP)
+	$(PY) benchmarks/bench_ros2_nested.py
 
 bench-sync: $(STAMP)
 	$(PY) benchmarks/bench_sync.py

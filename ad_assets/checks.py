@@ -13,8 +13,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetE
 
 from ad_common.lake_layout import DRIVE_CHECKS, drive_checks_path, registry_path
 from ad_core.decode.parquet_out import snake
-from ad_core.quality.profile import SignalProfile, StreamProfile
-from ad_core.quality.rules import QualityRule, profile_tables
+from ad_core.quality.rules import QualityRule
 from ad_resources.lake import Lake
 from ad_resources.quality import GreatExpectationsResource, SuiteOutcome
 
@@ -58,21 +57,17 @@ def _failures_markdown(drive_id: str, outcome: SuiteOutcome) -> str:
     return "\n".join(lines)
 
 
-def decoded_tables(
-    profiles: Mapping[str, tuple[list[StreamProfile], list[SignalProfile]]],
-) -> dict[str, dict[str, pd.DataFrame]]:
-    return {drive: profile_tables(*p) for drive, p in profiles.items()}
-
-
 def evaluate_rules(
     asset_key: AssetKey,
     rules: Sequence[QualityRule],
     tables: Mapping[str, Mapping[str, pd.DataFrame]],
     gx: GreatExpectationsResource,
+    details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[AssetCheckResult]:
     """One result per rule over all drives of the step (one drive per run from the sensor, many in backfills).
 
-    ``tables``: drive -> table name -> the dataframe a rule's expectations run on.
+    ``tables``: drive -> table name -> the dataframe a rule's expectations run on; ``details``: rule name ->
+    extra metadata for its result (texts too long for the failing-rows table, such as a full reason).
     """
     results = []
     for rule in rules:
@@ -89,6 +84,7 @@ def evaluate_rules(
         }
         if failed:
             metadata["what_failed"] = MetadataValue.md("\n".join(_failures_markdown(d, o) for d, o in failed.items()))
+        metadata.update((details or {}).get(rule.name, {}))
         results.append(
             AssetCheckResult(
                 asset_key=asset_key,

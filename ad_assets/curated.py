@@ -15,7 +15,9 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetRecordsFilter,
     Config,
+    DagsterInstance,
     DataVersion,
     Definitions,
     MaterializeResult,
@@ -44,7 +46,7 @@ from ad_common.lake_layout import (
     split_review_dir,
     synced_path,
 )
-from ad_common.stages import CURATED_SPLITS, ODD_TAGS_STAGE, SPLIT_REVIEW
+from ad_common.stages import CURATED_SPLITS, ODD_TAGS_STAGE, SPLIT_REVIEW, SYNCED_FRAMES
 from ad_core.curate.manifest import (
     build_manifest,
     frame_drive_splits,
@@ -68,7 +70,6 @@ from ad_core.curate.splits import (
     quota_violations,
 )
 from ad_core.decode.parquet_out import read_frame
-from ad_core.sync.plan import REFERENCE_STREAM
 from ad_resources.lake import Lake
 
 ODD_KNOWN_CHECK = "odd_tags_known"
@@ -100,7 +101,27 @@ def _read_parquet(lake: Lake, relpath: str) -> pa.Table | None:
         return pq.read_table(local / name)
 
 
-def _tag_one_drive(lake: Lake, market: str, drive_id: str) -> dict[str, Any]:
+def _sync_reference(instance: DagsterInstance, market: str, drive_id: str) -> str | None:
+    """The reference stream the drive's latest synced frames were built on (its synced_frames metadata)."""
+    result = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=SYNCED_FRAMES.key(market), asset_partitions=[drive_id]), limit=1
+    )
+    materialization = result.records[0].asset_materialization if result.records else None
+    reference = materialization.metadata.get("reference") if materialization else None
+    return str(reference.value) if reference is not None and reference.value else None
+
+
+def _camera_path(lake: Lake, market: str, drive_id: str, reference: str | None) -> str | None:
+    """The decoded reference table if it holds images (frame_index is its row), else None (lidar, grid)."""
+    path = f"{decoded_path(market, drive_id)}/{reference}.parquet"
+    if not reference or not lake.exists(path):
+        return None
+    with lake.local_dir(decoded_path(market, drive_id)) as local:
+        kv = pq.read_metadata(local / f"{reference}.parquet").metadata or {}
+    return path if kv.get(b"kind") == b"image" else None
+
+
+def _tag_one_drive(lake: Lake, market: str, drive_id: str, reference: str | None) -> dict[str, Any]:
     with lake.local_dir(synced_path(market, drive_id)) as synced_dir:
         frames = synced_dir / FRAMES_FILE
         table, result = tag_synced_drive(str(frames), market)
@@ -118,6 +139,7 @@ def _tag_one_drive(lake: Lake, market: str, drive_id: str) -> dict[str, Any]:
         "geo_cells": cells,
         "drive_version": registered.get("version"),
         "synced_sha256": synced_sha,
+        "reference_stream": reference,
     }
     lake.write_table(DRIVE_ODD_TAGS.path(market, drive_id), pa.Table.from_pylist([record], DRIVE_ODD_TAGS.schema))
     return {**record, "signals_used": result.signals_used}
@@ -150,15 +172,18 @@ def _no_data_checks(market: str, why: str) -> list[AssetCheckResult]:
     ]
 
 
-def _candidates(lake: Lake, market: str) -> tuple[dict[str, DriveCandidate], dict[str, str], dict[str, str]]:
+def _candidates(
+    lake: Lake, market: str
+) -> tuple[dict[str, DriveCandidate], dict[str, str], dict[str, str], dict[str, str | None]]:
     """Drives with current ODD tags; stale ones (re-landed since, not re-tagged) are left out with the reason."""
     folder = DRIVE_ODD_TAGS.market_folder(market)
     candidates: dict[str, DriveCandidate] = {}
     left_out: dict[str, str] = {}
     synced_sha: dict[str, str] = {}
+    references: dict[str, str | None] = {}
     paths = lake.list_files(folder, ".parquet")
     if not paths:
-        return candidates, left_out, synced_sha
+        return candidates, left_out, synced_sha, references
     with lake.local_dir(folder) as local:
         records = pa.concat_tables(
             [pq.read_table(local / p[len(folder) + 1 :], schema=DRIVE_ODD_TAGS.schema) for p in paths]
@@ -174,7 +199,8 @@ def _candidates(lake: Lake, market: str) -> tuple[dict[str, DriveCandidate], dic
         tag_frames = {t: {v: round(s * r["frames"]) for v, s in json.loads(r[f"{t}_shares"]).items()} for t in ODD_TAGS}
         candidates[r["drive_id"]] = DriveCandidate(r["drive_id"], r["frames"], frozenset(r["geo_cells"]), tag_frames)
         synced_sha[r["drive_id"]] = r["synced_sha256"]
-    return candidates, left_out, synced_sha
+        references[r["drive_id"]] = r["reference_stream"]
+    return candidates, left_out, synced_sha, references
 
 
 def _rejections(lake: Lake, market: str) -> list[Any]:
@@ -225,7 +251,10 @@ def definitions(market: str) -> Definitions:
         "(speed profile, stops, curvature), per frame window and per drive, with each frame's H3 geo cell.",
     )
     def odd_tags(context: AssetExecutionContext, lake: Lake) -> MaterializeResult:
-        records = {d: _tag_one_drive(lake, market, d) for d in context.partition_keys}
+        records = {
+            d: _tag_one_drive(lake, market, d, _sync_reference(context.instance, market, d))
+            for d in context.partition_keys
+        }
         unknown = {d: {t: r[f"{t}_reason"] for t in ODD_TAGS if r[t] == ODD_UNKNOWN} for d, r in records.items()}
         unknown = {d: u for d, u in unknown.items() if u}
         check = AssetCheckResult(
@@ -271,7 +300,7 @@ def definitions(market: str) -> Definitions:
             min_frames_per_split=config.min_frames_per_split,
         )
         manifest_rel = split_manifest_path(market, config.split_version)
-        candidates, left_out, synced_sha = _candidates(lake, market)
+        candidates, left_out, synced_sha, references = _candidates(lake, market)
         previous = previous_splits(_read_parquet(lake, manifest_rel))
         assignment = assign_splits(candidates.values(), previous, split_config)
         left_out.update(assignment.held_out)
@@ -280,10 +309,7 @@ def definitions(market: str) -> Definitions:
             for d in assignment.splits
         }
         synced = {d: (f"{synced_path(market, d)}/{FRAMES_FILE}", synced_sha[d]) for d in assignment.splits}
-        cameras = {
-            d: p if lake.exists(p := f"{decoded_path(market, d)}/{REFERENCE_STREAM}.parquet") else None
-            for d in assignment.splits
-        }
+        cameras = {d: _camera_path(lake, market, d, references[d]) for d in assignment.splits}
         manifest = build_manifest(market, assignment.splits, frame_tags, synced, cameras, _rejections(lake, market))
         data = manifest_bytes(manifest)
         sha = sha256_bytes(data)

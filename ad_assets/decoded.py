@@ -17,20 +17,37 @@ from dagster import (
     asset,
 )
 
-from ad_assets.checks import check_specs, decoded_tables, evaluate_rules, nominal_rates, record_drive_checks
+from ad_assets.checks import check_specs, evaluate_rules, nominal_rates, record_drive_checks
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.formats import classify, printable
 from ad_common.lake_layout import DECODED_STREAMS, decoded_path
 from ad_common.stages import DECODED_SIGNALS
 from ad_core.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
 from ad_core.quality.profile import SignalProfile, StreamProfile, profile_drive
-from ad_core.quality.rules import DECODED_RULES
+from ad_core.quality.rules import DECODED_RULES, profile_tables
 from ad_resources.lake import Lake
 from ad_resources.landing import LandingZone
 from ad_resources.quality import GreatExpectationsResource
 
 
+def _error_row(market: str, drive_id: str, error: str, inputs: set[str]) -> dict[str, Any]:
+    """A drive-level decoder error as a decoded_streams row (no stream; the file it names, if any)."""
+    named = error.split(":", 1)[0]
+    return {
+        "market": market,
+        "drive_id": drive_id,
+        "kind": "error",
+        "source_file": named if named in inputs else None,
+        "rows": 0,
+        "status": "error",
+        "error": error,
+        "decoder_version": DECODER_VERSION,
+        "out_of_order_samples": 0,
+    }
+
+
 def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.Table:
+    inputs = {Path(f).name for f in report.files}
     return pa.Table.from_pylist(
         [
             {
@@ -50,7 +67,8 @@ def _streams_table(market: str, drive_id: str, report: DriveDecodeReport) -> pa.
                 "out_of_order_samples": s.out_of_order_samples,
             }
             for s in report.streams
-        ],
+        ]
+        + [_error_row(market, drive_id, e, inputs) for e in report.errors],
         schema=DECODED_STREAMS.schema,
     )
 
@@ -112,6 +130,11 @@ def _report_metadata(report: DriveDecodeReport, lake: Lake, market: str, drive_i
             "| stream | kind | rows | rate Hz | span s | status | error |\n|---|---|---|---|---|---|---|\n" + rows
         ),
     }
+    problems = [f"- `{s.name}` **{s.status}**: {s.error or ''}" for s in report.streams if s.status != "ok"]
+    problems += [f"- {e}" for e in report.errors]
+    metadata["problems"] = len(problems)
+    if problems:  # also the nothing_dropped warning and the catalog's decoded_streams rows
+        metadata["decode_problems"] = MetadataValue.md("\n".join(problems))
     if ok:
         widest = max(ok, key=lambda s: len(s.columns))
         metadata["dagster/column_schema"] = TableSchema(
@@ -123,6 +146,19 @@ def _report_metadata(report: DriveDecodeReport, lake: Lake, market: str, drive_i
             lines += [" | ".join(str(row.get(c, ""))[:24] for c in header) for row in widest.preview]
             metadata["preview"] = MetadataValue.md(f"`{widest.name}`\n\n" + "\n".join(f"| {line} |" for line in lines))
     return metadata
+
+
+def _check_details(drives: dict[str, DecodedDrive]) -> dict[str, dict[str, Any]]:
+    """Full texts for the warn checks (the failing-rows tables cut cells short)."""
+    clocks = {d: {s.stream: s.clock_issue for s in x.profiles[0] if s.clock_issue} for d, x in drives.items()}
+    dropped = {
+        d: [f"{s.name} ({s.status}): {s.error}" for s in x.report.streams if s.status != "ok"] + x.report.errors
+        for d, x in drives.items()
+    }
+    return {
+        "clock_sanity": {"clock_issues": MetadataValue.json({d: c for d, c in clocks.items() if c})},
+        "nothing_dropped": {"problems": MetadataValue.json({d: p for d, p in dropped.items() if p})},
+    }
 
 
 def definitions(market: str) -> Definitions:
@@ -141,9 +177,8 @@ def definitions(market: str) -> Definitions:
         context: AssetExecutionContext, landing: LandingZone, lake: Lake, great_expectations: GreatExpectationsResource
     ) -> MaterializeResult:
         drives = {d: decode_one_drive(landing, lake, market, d, context.log) for d in context.partition_keys}
-        checks = evaluate_rules(
-            key, DECODED_RULES, decoded_tables({d: x.profiles for d, x in drives.items()}), great_expectations
-        )
+        tables = {d: profile_tables(*x.profiles, x.report) for d, x in drives.items()}
+        checks = evaluate_rules(key, DECODED_RULES, tables, great_expectations, _check_details(drives))
         record_drive_checks(context, lake, market, DECODED_SIGNALS.name, drives, checks)
         if len(drives) == 1:
             ((drive_id, decoded),) = drives.items()

@@ -242,6 +242,8 @@ DRIVE_ODD_TAGS = CatalogRecord(
             ("geo_cells", pa.list_(pa.string())),
             ("drive_version", pa.int64()),
             ("synced_sha256", pa.string()),
+            # the decoded stream whose rows the frames are (frame_index); a camera only if its table is images
+            ("reference_stream", pa.string()),
         ]
     ),
 )

@@ -356,15 +356,16 @@ class AssetStage:
         return {STAGE_TAG: self.pod, MARKET_TAG: market}
 
 
-# The market's DBC files: an observable source asset, not a stage (nothing materializes it).
+# The market's DBC files and sensor profiles: observable source assets, not stages (nothing materializes them).
 VEHICLE_DBC = "vehicle_dbc"
+SENSOR_PROFILES = "sensor_profiles"
 
 RAW_DRIVE = AssetStage("raw_drive", group="raw", pod="ingest", job=INGEST_JOB)
 DECODED_SIGNALS = AssetStage(
     "decoded_signals", group="decoded", pod="decode", job=INGEST_JOB, upstream=(RAW_DRIVE.name, VEHICLE_DBC)
 )
 SYNCED_FRAMES = AssetStage(
-    "synced_frames", group="synced", pod="sync", job=INGEST_JOB, upstream=(DECODED_SIGNALS.name,)
+    "synced_frames", group="synced", pod="sync", job=INGEST_JOB, upstream=(DECODED_SIGNALS.name, SENSOR_PROFILES)
 )
 SIGNAL_DRIFT = AssetStage(
     "signal_drift",

@@ -2,7 +2,8 @@
 
 Sensors and assets only talk to a :class:`LandingZone`; where the bytes live (a local folder here, S3 in
 production) is the resource's business. Folders whose name starts with ``_`` are not drives:
-``<market>/_dbc/*.dbc`` holds the market's DBC files and ``_quarantine/`` the files that failed validation.
+``<market>/_dbc/*.dbc`` holds the market's DBC files, ``<market>/_profiles/*.json`` its vehicles' sensor profiles
+(docs/sensor-profiles.md) and ``_quarantine/`` the files that failed validation.
 
 Only regular files inside the landing root are data. A symbolic link (to ``/etc/shadow``, to another drive) or
 a FIFO/socket/device in a drive folder is *refused*: listed with the reason, never opened, hashed or followed,
@@ -31,6 +32,7 @@ from ad_common.hashing import sha256_file
 
 DRIVE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 DBC_FOLDER = "_dbc"
+PROFILES_FOLDER = "_profiles"
 MANIFEST = MANIFEST_NAME
 QUARANTINE_FOLDER = "_quarantine"
 
@@ -112,11 +114,24 @@ class LandingZone(ConfigurableResource):
         """A local path to read the file from (a download for remote stores), valid inside the context."""
         raise NotImplementedError
 
-    def dbc_files(self, market: str) -> list[FileStat]:
+    def market_files(self, market: str, folder: str, suffix: str) -> list[FileStat]:
+        """The files of a market's configuration folder (``_dbc``, ``_profiles``) ending in ``suffix``."""
         raise NotImplementedError
 
-    def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+    def local_market_file(self, market: str, folder: str, name: str) -> contextlib.AbstractContextManager[Path]:
         raise NotImplementedError
+
+    def dbc_files(self, market: str) -> list[FileStat]:
+        return self.market_files(market, DBC_FOLDER, ".dbc")
+
+    def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        return self.local_market_file(market, DBC_FOLDER, name)
+
+    def profile_files(self, market: str) -> list[FileStat]:
+        return self.market_files(market, PROFILES_FOLDER, ".json")
+
+    def local_profile(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        return self.local_market_file(market, PROFILES_FOLDER, name)
 
     def dbc_version(self, market: str) -> str | None:
         """Content identity of a market's DBC set: sha256 over the files' names and content hashes."""
@@ -217,15 +232,15 @@ class LocalLandingZone(LandingZone):
     def local_file(self, market: str, drive_id: str, name: str) -> Iterator[Path]:
         yield self._regular(self._drive_dir(market, drive_id) / name)
 
-    def dbc_files(self, market: str) -> list[FileStat]:
-        return [f for f in self._scan(self._root / market / DBC_FOLDER)[0] if f.name.lower().endswith(".dbc")]
+    def market_files(self, market: str, folder: str, suffix: str) -> list[FileStat]:
+        return [f for f in self._scan(self._root / market / folder)[0] if f.name.lower().endswith(suffix)]
 
     def refused_dbc(self, market: str) -> list[RefusedEntry]:
         return self._scan(self._root / market / DBC_FOLDER)[1]
 
     @contextlib.contextmanager
-    def local_dbc(self, market: str, name: str) -> Iterator[Path]:
-        yield self._regular(self._root / market / DBC_FOLDER / name)
+    def local_market_file(self, market: str, folder: str, name: str) -> Iterator[Path]:
+        yield self._regular(self._root / market / folder / name)
 
     def _quarantine_dir(self, market: str, drive_id: str) -> Path:
         return self._root / QUARANTINE_FOLDER / market / drive_id

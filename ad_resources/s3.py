@@ -37,7 +37,6 @@ from ad_common.lake_layout import CATALOG_RECORDS, is_hidden
 from ad_resources.catalog import DuckDBCatalog, MetadataCatalog
 from ad_resources.lake import Lake, LocalLake
 from ad_resources.landing import (
-    DBC_FOLDER,
     QUARANTINE_FOLDER,
     DriveListing,
     FileStat,
@@ -175,12 +174,11 @@ class S3LandingZone(LandingZone, S3Location):
     def local_file(self, market: str, drive_id: str, name: str) -> contextlib.AbstractContextManager[Path]:
         return self._download(self._drive_key(market, drive_id, name), name)
 
-    def dbc_files(self, market: str) -> list[FileStat]:
-        folder = self._drive_key(market, DBC_FOLDER)
-        return [f for f in self._direct_files(folder) if f.name.lower().endswith(".dbc")]
+    def market_files(self, market: str, folder: str, suffix: str) -> list[FileStat]:
+        return [f for f in self._direct_files(self._drive_key(market, folder)) if f.name.lower().endswith(suffix)]
 
-    def local_dbc(self, market: str, name: str) -> contextlib.AbstractContextManager[Path]:
-        return self._download(self._drive_key(market, DBC_FOLDER, name), name)
+    def local_market_file(self, market: str, folder: str, name: str) -> contextlib.AbstractContextManager[Path]:
+        return self._download(self._drive_key(market, folder, name), name)
 
     def _quarantine_key(self, market: str, drive_id: str, name: str = "") -> str:
         return self._key(f"{QUARANTINE_FOLDER}/{market}/{drive_id}") + f"/{name}"

@@ -32,12 +32,13 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from ad_assets.synced import sensor_profiles_version
 from ad_common.formats import printable
 from ad_common.hashing import sha256_file
 from ad_common.lake_layout import registry_path
 from ad_common.markets import MARKETS
 from ad_common.partitions import drive_partitions
-from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, VEHICLE_DBC
+from ad_common.stages import INGEST_JOB, LANDED_AT_TAG, SENSOR_PROFILES, VEHICLE_DBC
 from ad_resources.lake import Lake
 from ad_resources.landing import DRIVE_KEY_PATTERN, DriveListing, LandingZone, suggest_drive_key
 from ad_sensors.recovery import REGISTRATION_TAG, plan_recovery
@@ -56,6 +57,7 @@ class LandingCursor:
     keys: list[str] = field(default_factory=list)
     dbc_versions: dict[str, str] = field(default_factory=dict)
     given_up: list[str] = field(default_factory=list)  # interrupted drives already reported as given up
+    profile_versions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> LandingCursor:
@@ -68,6 +70,7 @@ class LandingCursor:
                 "keys": sorted(self.keys),
                 "dbc_versions": self.dbc_versions,
                 "given_up": sorted(self.given_up),
+                "profile_versions": self.profile_versions,
             }
         )
 
@@ -171,7 +174,13 @@ def plan_tick(
     started = time.monotonic()
     candidates = sorted((d for d in listings if cursor.is_new(d)), key=lambda d: (d.mtime_ns, _key(d)))
     plan = TickPlan(
-        cursor=LandingCursor(cursor.mtime_ns, list(cursor.keys), dict(cursor.dbc_versions), list(cursor.given_up))
+        cursor=LandingCursor(
+            cursor.mtime_ns,
+            list(cursor.keys),
+            dict(cursor.dbc_versions),
+            list(cursor.given_up),
+            dict(cursor.profile_versions),
+        )
     )
     settled_before = now_ns - int(settle_s * 1e9)
     processed = 0
@@ -303,19 +312,21 @@ def landing_tick(
         plan.notices.append(Notice(market, drive, "given_up", given_up[key]))
     plan.cursor.given_up = sorted(given_up)
 
-    # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale.
+    # A changed DBC is a new data version of the market's vehicle_dbc asset: decoded drives turn stale; a
+    # changed sensor profile one of its sensor_profiles asset: synced drives turn stale.
     asset_events = []
     for market in markets:
-        version = landing.dbc_version(market)
-        if version and plan.cursor.dbc_versions.get(market) != version:
-            asset_events.append(
-                AssetObservation(
-                    AssetKey([market, VEHICLE_DBC]),
-                    tags={DATA_VERSION_TAG: version},
-                    metadata={"sha256": version},
+        for name, version, seen in (
+            (VEHICLE_DBC, landing.dbc_version(market), plan.cursor.dbc_versions),
+            (SENSOR_PROFILES, sensor_profiles_version(landing, market), plan.cursor.profile_versions),
+        ):
+            if version and seen.get(market) != version:
+                asset_events.append(
+                    AssetObservation(
+                        AssetKey([market, name]), tags={DATA_VERSION_TAG: version}, metadata={"sha256": version}
+                    )
                 )
-            )
-            plan.cursor.dbc_versions[market] = version
+                seen[market] = version
 
     for notice in plan.notices:
         level = {"settling": context.log.info, "given_up": context.log.error}.get(notice.status, context.log.warning)

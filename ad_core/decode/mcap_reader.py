@@ -7,8 +7,10 @@ its last complete, CRC-valid chunk. Ordering by ``log_time`` is done per topic b
 sorted; topics whose groups overlap are re-sorted out of core at close).
 
 Decoding: ros2 (cdr) and protobuf via the mcap-ros2-support / mcap-protobuf-support decoder factories, json
-via ``json.loads``. A channel whose encoding no decoder handles becomes a skipped stream with the reason.
-Fast paths (same output as the generic path): fixed-layout cdr topics are sliced column-wise (``cdr_fast``);
+via ``json.loads``; ros2 types those cannot decode (empty schema text, service-event ``.srv`` texts, ...) via
+the rosbags typestore (``ros2_types``). A channel whose encoding no decoder handles becomes a skipped stream
+with the reason. Fast paths (same output as the generic path): fixed-layout cdr topics are sliced column-wise
+(layouts computed from the type definition, ``ros2_types.computed_layout``, sliced by ``cdr_fast``);
 protobuf messages are flattened with a plan compiled once per message type; protobuf image / point-cloud
 messages are split at the wire level -- the big ``bytes`` payload and the ``Timestamp`` are cut out, the small
 rest is parsed and flattened once and reused while it does not change.
@@ -21,6 +23,7 @@ import contextlib
 import json
 import math
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,7 @@ from mcap.records import Channel, Schema
 from mcap_protobuf.decoder import DecoderFactory as ProtobufDecoderFactory
 from mcap_ros2.decoder import DecoderFactory as Ros2DecoderFactory
 
-from .cdr_fast import decode_batch, learn_layout
+from .cdr_fast import decode_batch
 from .errors import describe_mcap_error
 from .mcap_chunks import (
     MSG_HEAD,
@@ -48,6 +51,7 @@ from .mcap_chunks import (
 )
 from .parquet_out import SinkManager, StreamSink, snake
 from .report import DecodeError, StreamReport
+from .ros2_types import Unsupported, computed_layout, rosbags_decoder
 
 IMAGE_SCHEMAS = ("CompressedImage", "RawImage", "Image", "CompressedVideo")
 POINTCLOUD_SCHEMAS = ("PointCloud", "PointCloud2", "LaserScan")
@@ -324,6 +328,7 @@ def _append_row(t: _Topic, row: dict[str, Any], log_time: int, publish_time: int
 class _Topic:
     topic: str
     schema_name: str
+    schema_text: str  # ros2msg definition (cdr topics: their computed layout)
     encoding: str
     kind: str
     decode: Callable[[bytes], Any] | None
@@ -360,6 +365,7 @@ class McapDecoder:
     # ---------------------------------------------------------------- channels
     def _make_topic(self, channel: Any, schema: Any) -> _Topic:
         schema_name = schema.name if schema is not None else ""
+        text = schema.data.decode(errors="replace") if schema is not None and schema.encoding == "ros2msg" else ""
         enc = channel.message_encoding
         kind = classify(schema_name)
         decode = None
@@ -378,15 +384,27 @@ class McapDecoder:
                         d["data"] = base64.b64decode(d["data"])
                 return d
         else:
+            ros2 = enc == "cdr" and schema is not None and schema.encoding == "ros2msg"
+            if ros2 and not text.strip():  # an empty text decodes to an empty message: standard types first
+                with contextlib.suppress(Unsupported):
+                    decode, ros_flatten = rosbags_decoder(schema_name, text)
+                    return _Topic(channel.topic, schema_name, text, enc, kind, decode, ros_flatten, None)
             for f in self.factories:
                 try:
-                    decode = f.decoder_for(enc, schema)
+                    with contextlib.redirect_stdout(sys.stderr):  # mcap_ros2 prints parse errors to stdout
+                        decode = f.decoder_for(enc, schema)
                 except Exception as exc:  # e.g. ros2 service-event schemas with '---' separators
                     reason = f"decoder for encoding {enc!r} schema {schema_name!r} failed: {type(exc).__name__}: {exc}"
                     decode = None
                 if decode is not None:
                     reason = None
                     break
+            if decode is None and ros2:
+                try:
+                    decode, ros_flatten = rosbags_decoder(schema_name, text)
+                    return _Topic(channel.topic, schema_name, text, enc, kind, decode, ros_flatten, None)
+                except Unsupported as exc:
+                    reason = f"{reason + '; ' if reason else ''}rosbags typestore: {exc}"
             if decode is None and reason is None:
                 senc = schema.encoding if schema is not None else None
                 reason = (
@@ -405,7 +423,7 @@ class McapDecoder:
                     _flatten_obj(m, "", d)
                     return d
 
-        return _Topic(channel.topic, schema_name, enc, kind, decode, flatten, reason)
+        return _Topic(channel.topic, schema_name, text, enc, kind, decode, flatten, reason)
 
     # ---------------------------------------------------------------- reading
     def read_file(self, path: Path, file_metadata: dict[str, str]) -> tuple[int, str | None]:
@@ -612,10 +630,7 @@ class McapDecoder:
         assert t.decode is not None and t.flatten is not None and t.sink is not None
         fits = np.zeros(len(raw), dtype=bool)
         if t.layout is None and not t.layout_failed and t.kind == "signals":
-            try:
-                t.layout = learn_layout(raw[0][0], t.decode, t.flatten)
-            except Exception:
-                t.layout = None
+            t.layout = computed_layout(t.schema_name, t.schema_text, raw[0][0])
             t.layout_failed = t.layout is None
         if t.layout is not None:
             cols, fits = decode_batch(t.layout, [r[0] for r in raw])
@@ -788,7 +803,16 @@ def _column(vals: list[Any], known: pa.DataType | None) -> pa.Array:
         else:
             arr = pa.array(vals)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        arr = pa.array([None if v is None else json.dumps(v, default=_json_fallback) for v in vals])
+        if all(v is None or (type(v) is int and v >= 0) for v in vals):  # uint64 values >= 2^63
+            arr = pa.array(vals, type=pa.uint64())
+        else:
+            # mixed values (a sequence of messages is JSON text, an empty one []): text stays as it is
+            arr = pa.array(
+                [
+                    None if v is None else v if isinstance(v, str) else json.dumps(v, default=_json_fallback)
+                    for v in vals
+                ]
+            )
     if pa.types.is_integer(arr.type) and any(isinstance(v, float) for v in vals):
         arr = arr.cast(pa.float64())
     if pa.types.is_list(arr.type) and pa.types.is_integer(arr.type.value_type):

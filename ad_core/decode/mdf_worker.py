@@ -71,11 +71,6 @@ def decode_mdf_files(
         for p, s in sinks:
             reports.append(s.close({"source_file": p.name, "source_sha256": file_hashes.get(p.name, "")}))
         reports.extend(can.close(file_hashes))
-        if can.unknown_ids:
-            ids = sorted(can.unknown_ids)
-            shown = ", ".join(f"CAN{b} 0x{i:X}" for b, i, _e in ids[:20])
-            more = f" (+{len(ids) - 20} more)" if len(ids) > 20 else ""
-            errors.append(f"{len(ids)} CAN ids not in the DBC(s) were not decoded: {shown}{more}")
     finally:
         manager.shutdown()
         hasher.shutdown(wait=True)

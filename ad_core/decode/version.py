@@ -4,4 +4,6 @@
 # its group (with a note in the stream report) instead of failing the whole group.
 # 1.1.2: MDF samples out of recorded order are counted (report + file metadata ``out_of_order_samples``); MCAP
 # messages with times >= 2^63 are dropped and noted instead of failing the file.
-DECODER_VERSION = "1.1.2"
+# 1.2.0: CAN frames of unknown ids kept (can__unknown_frames); ISO-TP reassembly; one table per multiplexor value;
+# all-null messages flagged; ROS 2 through the rosbags typestore where mcap-ros2-support fails; computed layouts.
+DECODER_VERSION = "1.2.0"

@@ -128,9 +128,17 @@ def frame_brightness(camera_parquet: Path, max_frames: int = BRIGHTNESS_FRAMES) 
     for g in np.unique(np.searchsorted(starts, wanted, side="right") - 1):
         rows = wanted[(wanted >= starts[g]) & (wanted < starts[g + 1])] - starts[g]
         data = pf.read_row_group(int(g), columns=["data"]).column("data")
-        # Grayscale decoding returns the Y plane the JPEG already stores: no colour conversion needed.
-        luma += [float(simplejpeg.decode_jpeg(data[int(r)].as_py(), colorspace="GRAY").mean()) for r in rows]
+        luma += [y for r in rows if (y := _jpeg_luma(data[int(r)].as_py())) is not None]
     return np.asarray(luma)
+
+
+def _jpeg_luma(frame: bytes) -> float | None:
+    """Mean luma of a JPEG frame; None for frames that are not decodable JPEG (raw pixels, PNG, damaged)."""
+    try:
+        # Grayscale decoding returns the Y plane the JPEG already stores: no colour conversion needed.
+        return float(simplejpeg.decode_jpeg(frame, colorspace="GRAY").mean())
+    except ValueError:
+        return None
 
 
 def summarize_arrays(

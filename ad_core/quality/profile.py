@@ -7,6 +7,7 @@ is one small table row per stream and per (stream, signal): Great Expectations v
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ SENSOR_TIME = "header_stamp_ns"
 BATCH_ROWS = 262_144
 SAMPLE_SIZE = 5
 NS = 1_000_000_000
+DAY_NS = 86_400 * NS
+# UTC epoch ns before 2000-01-01 is not a real log date: a clock counting from boot, or simulation time
+EARLIEST_PLAUSIBLE_NS = 946_684_800 * NS
+MAX_CLOCK_STEP_NS = DAY_NS  # a forward jump longer than this inside one stream is a clock change, not a gap
 
 # (lower, upper) physical limits by column name; a value outside is physically impossible, not just rare.
 _SPEED_KMH = (0.0, 300.0)
@@ -53,6 +58,10 @@ class StreamProfile:
     # samples out of recorded order before the decoder sorted the table (file metadata ``out_of_order_samples``)
     out_of_order_samples: int = 0
     nominal_hz: float | None = None
+    kind: str = ""  # the decode contract's stream kind (file metadata)
+    # what is wrong with this stream's clock (clock_sanity check): relative, future, jumping, disagreeing
+    clock_issue: str | None = None
+    header_offset_ns: int | None = None  # first header stamp minus first log time (streams with header stamps)
 
     @property
     def rate_hz(self) -> float | None:
@@ -137,6 +146,8 @@ class _SignalProfiler:
         self.nan = _RunTracker()
 
     def update(self, t: np.ndarray, v: np.ndarray) -> None:
+        """Samples of this signal (nulls -- a multiplexor value not selected, J1939 "not available" -- are
+        absent samples, not values: the caller leaves them out; NaN values are counted)."""
         p = self.profile
         p.rows += len(v)
         isnan = np.isnan(v)
@@ -178,9 +189,11 @@ def profile_stream(
     wanted = [s for s in (signals if signals is not None else _numeric_signals(schema)) if s in schema.names]
     has_sensor_time = SENSOR_TIME in schema.names
     columns = [TIME, *([SENSOR_TIME] if has_sensor_time else []), *wanted]
+    now_ns = time.time_ns()
     profile = StreamProfile(stream, nominal_hz=nominal_hz)
     kv = parquet.metadata.metadata or {}
     profile.out_of_order_samples = int(kv.get(b"out_of_order_samples", b"0") or 0)
+    profile.kind = kv.get(b"kind", b"").decode()
     profilers = {s: _SignalProfiler(stream, s) for s in wanted}
     last_t: int | None = None
     last_sensor: int | None = None
@@ -206,10 +219,46 @@ def profile_stream(
                 room = SAMPLE_SIZE - len(profile.sensor_clock_backward_at_ns)
                 profile.sensor_clock_backward_at_ns += [int(t[i]) for i in backwards[:room]]
             last_sensor = int(s[-1])
+            if profile.header_offset_ns is None and s[0] != 0:  # a zero stamp is "not set", not a clock
+                profile.header_offset_ns = int(s[0]) - int(t[0])
         for name, profiler in profilers.items():
-            values = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-            profiler.update(t, values)
+            column = batch.column(name)
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            if column.null_count:
+                present = column.is_valid().to_numpy(zero_copy_only=False)
+                profiler.update(t[present], values[present])
+            else:
+                profiler.update(t, values)
+    profile.clock_issue = _clock_issue(profile, now_ns)
     return profile, [p.profile for p in profilers.values()]
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ns / NS))
+
+
+def _clock_issue(p: StreamProfile, now_ns: int) -> str | None:
+    """Why this stream's timestamps cannot be absolute UTC times, or None."""
+    if p.first_ns is None or p.last_ns is None:
+        return None
+    if p.first_ns < EARLIEST_PLAUSIBLE_NS:
+        return (
+            f"relative timestamps: starts {p.first_ns / NS:.3f} s after 1970-01-01 (time since boot or simulation "
+            "time); re-stamp the log with the logger's absolute start time"
+        )
+    if p.last_ns > now_ns + DAY_NS:
+        return f"implausible date: runs until {_when(p.last_ns)}, in the future; check the logger's clock"
+    if p.max_gap_s * NS > MAX_CLOCK_STEP_NS:
+        return (
+            f"clock jump: {p.max_gap_s / 3600:.1f} h forward at {_when(p.max_gap_at_ns or 0)}; the logger's clock "
+            "was reset or set mid-drive"
+        )
+    if p.header_offset_ns is not None and abs(p.header_offset_ns) > DAY_NS:
+        return (
+            f"header stamps and log times disagree by {abs(p.header_offset_ns) / DAY_NS:.0f} days (one of them is "
+            "relative, or in another unit, e.g. milliseconds written as nanoseconds)"
+        )
+    return None
 
 
 def profile_drive(
@@ -221,4 +270,14 @@ def profile_drive(
         stream_profile, signal_profiles = profile_stream(path, (nominal_rates or {}).get(path.stem))
         streams.append(stream_profile)
         signals += signal_profiles
+    # Streams whose clocks are each plausible can still disagree: a drive's streams start within a day
+    starts = sorted(s.first_ns for s in streams if s.first_ns is not None and s.clock_issue is None)
+    if starts:
+        median = starts[len(starts) // 2]
+        for s in streams:
+            if s.clock_issue is None and s.first_ns is not None and abs(s.first_ns - median) > DAY_NS:
+                s.clock_issue = (
+                    f"starts {abs(s.first_ns - median) / DAY_NS:.0f} days away from the drive's other streams "
+                    f"({_when(s.first_ns)} vs {_when(median)}): their clocks disagree"
+                )
     return streams, signals

@@ -1,7 +1,7 @@
 """The data-quality rules of decoded drives, as Great Expectations expectations over profile tables.
 
 Each rule becomes one Dagster asset check. Blocking rules guard against data that would poison training
-(time running backwards, impossible values, holes, frozen sensors); the rate rule only warns.
+(time running backwards, impossible values, holes, frozen sensors); the rate, clock and loss rules only warn.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from ad_core.decode.report import DriveDecodeReport
 from ad_core.quality.profile import SignalProfile, StreamProfile
 
 MAX_GAP_FLOOR_S = 1.0  # a gap shorter than this never blocks (loggers buffer)
@@ -64,7 +65,8 @@ DECODED_RULES: tuple[QualityRule, ...] = (
     QualityRule(
         "no_gaps",
         True,
-        f"No stream has a gap longer than max({MAX_GAP_FLOOR_S} s, {MAX_GAP_PERIODS} nominal periods).",
+        f"No stream has a gap longer than max({MAX_GAP_FLOOR_S} s, {MAX_GAP_PERIODS} nominal periods); log "
+        "(rosout) and raw CAN frame tables are not signals and are exempt.",
         "streams",
         ("stream", "max_gap_at_ns"),
         lambda: [
@@ -84,6 +86,25 @@ DECODED_RULES: tuple[QualityRule, ...] = (
         ],
     ),
     QualityRule(
+        "clock_sanity",
+        False,
+        "Every stream's timestamps are absolute, plausible UTC times: no relative clock (1970, time since boot), "
+        "no date in the future, no clock jump of over a day, header stamps agreeing with log times, and the "
+        "drive's streams starting within a day of each other.",
+        "streams",
+        ("stream", "first_ns", "clock_issue"),
+        lambda: [_gx().ExpectColumnValuesToBeNull(column="clock_issue")],
+    ),
+    QualityRule(
+        "nothing_dropped",
+        False,
+        "Every file decoded and every stream decoded completely: no decoder error, no skipped or salvaged stream, "
+        "no CAN frames left undecoded (kept raw in can__unknown_frames), no message whose signals are all null.",
+        "decode",
+        ("stream", "status", "error"),
+        lambda: [_gx().ExpectColumnValuesToBeInSet(column="status", value_set=["ok"])],
+    ),
+    QualityRule(
         "rates_within_tolerance",
         False,
         f"Each stream with a nominal rate in the drive manifest runs within ±{RATE_TOLERANCE:.0%} of it.",
@@ -98,12 +119,28 @@ DECODED_RULES: tuple[QualityRule, ...] = (
 )
 
 
-def profile_tables(streams: list[StreamProfile], signals: list[SignalProfile]) -> dict[str, pd.DataFrame]:
+def decode_table(report: DriveDecodeReport) -> pd.DataFrame:
+    """One row per stream and per drive-level decoder error (file failures, damaged groups): ``nothing_dropped``."""
+    rows = [{"stream": s.name, "status": s.status, "error": s.error} for s in report.streams]
+    rows += [{"stream": None, "status": "error", "error": e} for e in report.errors]
+    return pd.DataFrame(rows, columns=["stream", "status", "error"])
+
+
+def profile_tables(
+    streams: list[StreamProfile], signals: list[SignalProfile], report: DriveDecodeReport
+) -> dict[str, pd.DataFrame]:
     """The tables the rules validate; ``gap_limit_s`` derives from the observed or nominal rate."""
     stream_rows = []
     for s in streams:
         row = s.row()
         rate = s.nominal_hz or s.rate_hz
-        row["gap_limit_s"] = max(MAX_GAP_FLOOR_S, MAX_GAP_PERIODS / rate) if rate else float("inf")
+        # log messages (rosout) come when something happens, and a raw CAN table mixes unrelated ids: a quiet
+        # stretch in either is no hole in a signal
+        event_stream = s.kind in ("log", "can_raw") and not s.nominal_hz
+        row["gap_limit_s"] = max(MAX_GAP_FLOOR_S, MAX_GAP_PERIODS / rate) if rate and not event_stream else float("inf")
         stream_rows.append(row)
-    return {"streams": pd.DataFrame(stream_rows), "signals": pd.DataFrame([s.row() for s in signals])}
+    return {
+        "streams": pd.DataFrame(stream_rows),
+        "signals": pd.DataFrame([s.row() for s in signals]),
+        "decode": decode_table(report),
+    }

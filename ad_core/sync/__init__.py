@@ -3,13 +3,14 @@
 Pure and Dagster-free; the ``synced_frames`` asset calls :func:`sync_drive` once per drive. See docs/sync.md.
 """
 
-from ad_core.sync.config import ReferenceSpec, StreamSpec, SyncConfig
+from ad_core.sync.config import GridReference, ReferenceSpec, StreamSpec, SyncConfig
 from ad_core.sync.core import NO_SAMPLE_NS, Method, SampleMatch, match_samples, sync_arrays
 from ad_core.sync.drive import sync_drive
 from ad_core.sync.report import StreamSyncStats, SyncReport
 
 __all__ = [
     "NO_SAMPLE_NS",
+    "GridReference",
     "Method",
     "ReferenceSpec",
     "SampleMatch",

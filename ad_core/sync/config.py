@@ -65,6 +65,35 @@ class ReferenceSpec:
 
 
 @dataclass(frozen=True)
+class GridReference:
+    """A fixed-rate reference clock: frames at every multiple of ``period_ns`` in ``[start_ns, end_ns]``.
+
+    For drives without a camera or lidar (most CAN-only vehicle logs): the frames are a grid on the vehicle
+    clock, generated batch by batch (never materialised as a whole), so memory stays bounded as with a table.
+    """
+
+    start_ns: int
+    end_ns: int
+    period_ns: int
+    name: str = "grid"
+
+    def __post_init__(self) -> None:
+        if self.period_ns <= 0:
+            raise ValueError(f"grid period must be positive, got {self.period_ns} ns")
+        if self.end_ns < self.start_ns:
+            raise ValueError(f"grid ends ({self.end_ns}) before it starts ({self.start_ns})")
+
+    @property
+    def first_ns(self) -> int:
+        """The first grid point at or after ``start_ns`` (points are multiples of the period: reproducible)."""
+        return -(-self.start_ns // self.period_ns) * self.period_ns
+
+    @property
+    def frames(self) -> int:
+        return max(0, (self.end_ns - self.first_ns) // self.period_ns + 1)
+
+
+@dataclass(frozen=True)
 class SyncConfig:
     """How to sync one drive.
 
@@ -73,7 +102,7 @@ class SyncConfig:
     ``output_row_group_rows`` are tuning knobs (the tests shrink them to exercise every carry-over edge).
     """
 
-    reference: ReferenceSpec | StreamSpec | Path
+    reference: ReferenceSpec | StreamSpec | GridReference | Path
     streams: Sequence[StreamSpec]
     window_ns: int = 60_000_000_000
     drop_out_of_tolerance: bool = False
@@ -85,7 +114,7 @@ class SyncConfig:
         ref = self.reference
         if isinstance(ref, StreamSpec):
             ref = ReferenceSpec(ref.path, ref.name, ref.clock_offset_ns)
-        elif not isinstance(ref, ReferenceSpec):
+        elif not isinstance(ref, ReferenceSpec | GridReference):
             ref = ReferenceSpec(Path(ref))
         object.__setattr__(self, "reference", ref)
         object.__setattr__(self, "streams", tuple(self.streams))
@@ -96,6 +125,6 @@ class SyncConfig:
             raise ValueError(f"duplicate stream names: {names}")
 
     @property
-    def ref(self) -> ReferenceSpec:
-        assert isinstance(self.reference, ReferenceSpec)  # normalised in __post_init__
+    def ref(self) -> ReferenceSpec | GridReference:
+        assert isinstance(self.reference, ReferenceSpec | GridReference)  # normalised in __post_init__
         return self.reference

@@ -27,7 +27,7 @@ import pyarrow.compute as pc  # imported here, not lazily inside the first windo
 import pyarrow.parquet as pq
 
 from ad_common.atomic import atomic_file
-from ad_core.sync.config import TIMESTAMP_COLUMN, ReferenceSpec, StreamSpec, SyncConfig
+from ad_core.sync.config import TIMESTAMP_COLUMN, GridReference, ReferenceSpec, StreamSpec, SyncConfig
 from ad_core.sync.core import interpolate, match_samples
 from ad_core.sync.report import StreamSyncStats, SyncReport
 
@@ -53,27 +53,42 @@ def _check_order(ts: np.ndarray, last: int | None, what: str) -> None:
         raise ValueError(f"{what}: {TIMESTAMP_COLUMN} is not sorted ascending")
 
 
+def _table_timestamps(spec: ReferenceSpec, batch_rows: int) -> Iterator[np.ndarray]:
+    pf = pq.ParquetFile(spec.path, pre_buffer=False)
+    if TIMESTAMP_COLUMN not in pf.schema_arrow.names:
+        raise ValueError(f"reference {spec.path}: no {TIMESTAMP_COLUMN} column")
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=[TIMESTAMP_COLUMN]):
+        yield _ts_numpy(batch.column(0), spec.clock_offset_ns, f"reference {spec.path}")
+
+
+def _grid_timestamps(grid: GridReference, batch_rows: int) -> Iterator[np.ndarray]:
+    step = np.int64(grid.period_ns)
+    for first in range(0, grid.frames, batch_rows):
+        count = min(batch_rows, grid.frames - first)
+        yield np.int64(grid.first_ns) + step * np.arange(first, first + count, dtype=np.int64)
+
+
 class _ReferenceReader:
     """Reads the reference timestamps in batches and yields ``(first_frame_index, ts)`` per time window."""
 
-    def __init__(self, spec: ReferenceSpec, batch_rows: int) -> None:
-        pf = pq.ParquetFile(spec.path, pre_buffer=False)
-        if TIMESTAMP_COLUMN not in pf.schema_arrow.names:
-            raise ValueError(f"reference {spec.path}: no {TIMESTAMP_COLUMN} column")
-        self._spec = spec
-        self._batches = pf.iter_batches(batch_size=batch_rows, columns=[TIMESTAMP_COLUMN])
+    def __init__(self, spec: ReferenceSpec | GridReference, batch_rows: int) -> None:
+        if isinstance(spec, GridReference):
+            self._what = f"reference grid {spec.name}"
+            self._batches = _grid_timestamps(spec, batch_rows)
+        else:
+            self._what = f"reference {spec.path}"
+            self._batches = _table_timestamps(spec, batch_rows)
         self._ts = _EMPTY_TS
         self._base = 0  # frame index of self._ts[0]
         self._last: int | None = None
         self._eof = False
 
     def _read(self) -> None:
-        batch = next(self._batches, None)
-        if batch is None:
+        ts = next(self._batches, None)
+        if ts is None:
             self._eof = True
             return
-        ts = _ts_numpy(batch.column(0), self._spec.clock_offset_ns, f"reference {self._spec.path}")
-        _check_order(ts, self._last, f"reference {self._spec.path}")
+        _check_order(ts, self._last, self._what)
         if ts.size:
             self._last = int(ts[-1])
             self._ts = np.concatenate([self._ts, ts]) if self._ts.size else ts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ad_assets import decoded, raw, synced
 from ad_core.decode import decode_drive
 from ad_core.sync import sync_drive
 from ad_core.sync.plan import build_sync_plan
+from ad_core.sync.profiles import load_profiles, select_profile
 from ad_resources.lake import LocalLake
 from ad_resources.landing import LocalLandingZone
 from ad_resources.quality import GreatExpectationsResource
@@ -88,10 +90,17 @@ def test_a_healthy_drive_passes_every_check_and_its_frames_match_the_ground_trut
         "no_gaps",
         "no_flatlines_or_nan_runs",
         "rates_within_tolerance",
+        "clock_sanity",
+        "nothing_dropped",
         "frames_within_tolerance",
         "required_sensors_present",
+        "sync_reference_available",
     }
     assert SYNCED in materialized
+    metadata = next(m for m in result.get_asset_materialization_events() if m.asset_key == SYNCED)
+    metadata = metadata.materialization.metadata
+    assert metadata["sensor_profile"].value == "fleetgen@1"
+    assert metadata["reference"].value == "front_camera (mcap__camera_front_compressed)"
 
     frames = pq.read_table(tmp_path / "lake" / "synced" / "de" / drive.name / "frames.parquet").to_pandas()
     manifest = json.loads((drive / "drive.json").read_text())
@@ -102,6 +111,27 @@ def test_a_healthy_drive_passes_every_check_and_its_frames_match_the_ground_trut
     assert np.abs(frames["esp_vehicle_speed.VehicleSpeed"] - expected).median() < 0.5
     assert frames["lidar_top_points.in_tolerance"].mean() > 0.99
     assert frames["lidar_top_points.row_index"].is_monotonic_increasing
+
+
+def test_a_fleet_drive_without_its_camera_stops_at_a_named_check_instead_of_raising(
+    fleet: dict[str, Path], tmp_path: Path
+) -> None:
+    """Was: ``ValueError: no camera or point-cloud stream to use as the reference clock`` with a stack trace."""
+    source = fleet["healthy"]
+    drive = tmp_path / "landing" / "de" / source.name
+    shutil.copytree(source.parent / "_dbc", drive.parent / "_dbc")
+    shutil.copytree(source, drive, ignore=shutil.ignore_patterns("*.mcap"))  # only the MDF4 (CAN, signals) is left
+    result, checks, materialized = run_drive(drive, tmp_path)
+    assert not result.success and SYNCED in materialized  # materialized without frames, stopped by its check
+    reference = checks[(SYNCED, "sync_reference_available")]
+    assert not reference.passed
+    (reason,) = reference.metadata["reasons"].value.values()
+    assert reason.startswith(
+        "sensor profile fleetgen@1 has no reference clock for this drive: no stream plays front_camera"
+    )
+    required = checks[(SYNCED, "required_sensors_present")]
+    assert not required.passed and "front_camera" in required.metadata["what_failed"].value
+    assert not (tmp_path / "lake" / "synced" / "de" / drive.name).exists()
 
 
 def test_causal_mode_never_uses_a_sample_from_after_the_frame(fleet: dict[str, Path], tmp_path: Path) -> None:
@@ -129,12 +159,15 @@ def test_real_camera_and_lidar_mcaps_sync_without_error(
     decoded = tmp_path / "decoded"
     decoded.mkdir()
     decode_drive([shared_data / "mcap" / log], decoded)
-    plan = build_sync_plan(decoded)
+    profile = select_profile(load_profiles(), None, [])
+    assert profile.name == "default"  # no drive.json, no market profile
+    plan = build_sync_plan(decoded, profile)
+    assert plan.config is not None
     report = sync_drive(plan.config, tmp_path / "frames.parquet")
     assert report.frames == frames
     assert {name.removesuffix("_state") for name in report.streams} == streams
     assert all(s.within_tolerance_ratio == 1.0 for s in report.streams.values())
-    assert plan.present["camera"] is False  # not the fleet's front camera: the required-sensor check would say so
+    assert plan.present == {}  # an unknown log: nothing is required
 
 
 @pytest.mark.parametrize("batch", [20, 7, 3, 1])

@@ -162,7 +162,7 @@ def test_mdf_bit_flipped_timestamp_is_counted_and_fails_monotonic_rule(tmp_path:
     streams, signals = profile_drive(out)
     assert streams[0].out_of_order_samples == 1
     rule = next(r for r in DECODED_RULES if r.name == "sensor_clock_monotonic")
-    table = profile_tables(streams, signals)["streams"]
+    table = profile_tables(streams, signals, rep)["streams"]
     # the rule's expectations, evaluated by hand on the profile table (GX is exercised in tests/assets)
     cols = {e.column for e in rule.expectations()}
     assert "out_of_order_samples" in cols

@@ -204,17 +204,29 @@ def test_canedge_dbc_decoding_matches_vendor_reference(shared_data: Path, tmp_pa
 def test_j1939_dbc(shared_data: Path, tmp_path: Path) -> None:
     f = shared_data / "mdf4/canedge_raw/cssapi__data-processing_LOG_TP_FCBF0606_00002058_00000001-5FAB8E54.mf4"
     rep = decode_drive([f], tmp_path, [shared_data / "dbc/CSS-Electronics-SAE-J1939-DEMO.dbc"])
-    rows = {s.name: s.rows for s in rep.streams}
-    assert rows == {"can__eec1": 6176, "can__ccvs1": 617}, rows
+    rows = {s.name: (s.rows, s.status) for s in rep.streams}
+    # frames of ids the DBC does not know are kept raw, not dropped (was: only listed in report.errors)
+    assert rows == {
+        "can__eec1": (6176, "ok"),
+        "can__ccvs1": (617, "all_null"),
+        "can__unknown_frames": (10881, "undecoded"),
+    }
+    unknown = pq.read_table(tmp_path / "can__unknown_frames.parquet")
+    assert unknown.column("can_id").to_numpy().tolist().count(0x1CECFF00) > 0  # J1939 TP.CM, as logged
+    assert {len(d) for d in unknown.column("data").to_pylist()} == {8}
+    with MDF(f) as mdf:  # every frame of the file is in one of the three tables
+        frames = len(mdf.get("CAN_DataFrame.ID").samples)
+    assert frames == 6176 + 617 + 10881
     eec1 = pq.read_table(tmp_path / "can__eec1.parquet")
     # same values as asammdf's whole-file extract_bus_logging
     with MDF(f) as mdf:
         ref = mdf.extract_bus_logging({"CAN": [(shared_data / "dbc/CSS-Electronics-SAE-J1939-DEMO.dbc", 0)]})
         sig = ref.get("EngineSpeed")
     np.testing.assert_array_equal(eec1.column("EngineSpeed").to_numpy(), sig.samples.astype(np.float64))
-    # CCVS1 frames are present but WheelBasedVehicleSpeed is J1939 "not available" (0xFFFF) -> null
+    # CCVS1 frames are present but WheelBasedVehicleSpeed is J1939 "not available" (0xFFFF) -> null: flagged
     ccvs1 = pq.read_table(tmp_path / "can__ccvs1.parquet")
     assert ccvs1.column("WheelBasedVehicleSpeed").null_count == 617
+    assert rep.stream("can__ccvs1").error == "every signal is null in all 617 rows (wrong DBC for these frames?)"
 
 
 def test_redecode_is_byte_identical(shared_data: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from ad_core.sync import (
     NO_SAMPLE_NS,
+    GridReference,
     ReferenceSpec,
     StreamSpec,
     SyncConfig,
@@ -224,6 +225,27 @@ def test_sync_drive_empty_reference_writes_empty_table(tmp_path: Path) -> None:
         "imu.sync_error_ns",
         "imu.in_tolerance",
     ]
+
+
+def test_grid_reference_syncs_a_signal_only_drive_windowed_like_a_table(tmp_path: Path) -> None:
+    """No camera: a 10 Hz grid on the vehicle clock is the reference; windows and batches change nothing."""
+    speed = write(tmp_path / "speed.parquet", ms(3, 53, 103, 153, 203, 253), v=np.arange(6, dtype=np.float64))
+    grid = GridReference(int(ms(3)[0]), int(ms(253)[0]), 100 * MS)
+    assert (grid.first_ns, grid.frames) == (int(ms(100)[0]), 2)  # grid points are multiples of the period
+    grid = GridReference(int(ms(0)[0]), int(ms(250)[0]), 50 * MS, name="grid_20hz")
+    spec = StreamSpec("speed", speed, ["v"], "linear", 60 * MS)
+    whole = sync_drive(SyncConfig(grid, [spec]), tmp_path / "whole.parquet")
+    windowed = sync_drive(
+        SyncConfig(grid, [spec], window_ns=70 * MS, read_batch_rows=2, output_row_group_rows=3),
+        tmp_path / "windowed.parquet",
+    )
+    table = pq.read_table(tmp_path / "whole.parquet")
+    assert table.equals(pq.read_table(tmp_path / "windowed.parquet"))
+    assert (whole.frames, windowed.windows > whole.windows) == (6, True)
+    assert table["timestamp_ns"].to_pylist() == list(ms(0, 50, 100, 150, 200, 250))
+    assert table["frame_index"].to_pylist() == list(range(6))
+    np.testing.assert_allclose(table["speed.v"].to_numpy(), [0, 0.94, 1.94, 2.94, 3.94, 4.94])
+    assert table["speed.in_tolerance"].to_pylist() == [True] * 6
 
 
 def test_sync_drive_unsorted_stream_fails_without_output(tmp_path: Path) -> None:

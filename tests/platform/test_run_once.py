@@ -32,7 +32,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_drives_go_through_once_reuploads_do_nothing_and_a_dbc_change_makes_decoded_stale(state: Path) -> None:
+def test_drives_go_through_once_reuploads_do_nothing_and_dbc_or_profile_changes_make_them_stale(state: Path) -> None:
     landing = state / "landing"
     (drive_dir,) = generate_fleet(landing, ["de"], 1, 0.4, seed=7, workers=1)
     defs = build_definitions()
@@ -66,6 +66,23 @@ def test_drives_go_through_once_reuploads_do_nothing_and_a_dbc_change_makes_deco
             instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
         )
         assert resolver.get_status(key, drive_dir.name) == StaleStatus.STALE
+
+        # a market sensor profile is a new data version of de/sensor_profiles: the synced drive turns stale
+        synced = AssetKey(["de", "synced_frames"])
+        resolver = CachingStaleStatusResolver(
+            instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
+        )
+        causes = {c.key for c in resolver.get_stale_root_causes(synced, drive_dir.name)}
+        assert AssetKey(["de", "sensor_profiles"]) not in {k.asset_key for k in causes}
+        profile = json.loads((REPO_ROOT / "ad_core/sync/profiles/fleetgen.json").read_text())
+        (landing / "de" / "_profiles").mkdir()
+        (landing / "de" / "_profiles" / "fleetgen.json").write_text(json.dumps({**profile, "version": 2}))
+        assert run_once(defs, instance, state_dir=state, log=lambda _: None) == []
+        resolver = CachingStaleStatusResolver(
+            instance, defs.resolve_asset_graph(), loading_context=LoadingContextForTest(instance)
+        )
+        causes = {c.key.asset_key for c in resolver.get_stale_root_causes(synced, drive_dir.name)}
+        assert AssetKey(["de", "sensor_profiles"]) in causes
 
 
 @pytest.mark.slow
