@@ -17,6 +17,7 @@ worker shuffles with ``(seed, epoch, worker)``; the DataLoader returns workers' 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -160,7 +161,7 @@ def select_split(
     drive_col = table.column("drive_id").to_numpy(zero_copy_only=False)
     bounds = np.flatnonzero(np.r_[True, drive_col[1:] != drive_col[:-1], True]) if len(drive_col) else np.array([0])
     kept_rows = 0
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    for lo, hi in itertools.pairwise(bounds):
         rows = np.arange(lo, hi)
         if max_frames_per_drive is not None and len(rows) > max_frames_per_drive:
             rows = rows[np.linspace(0, len(rows) - 1, max_frames_per_drive).round().astype(np.int64)]
@@ -194,7 +195,7 @@ def decode_frames(jpegs: Sequence[bytes], spec: ImageSpec) -> torch.Tensor:
     """JPEGs -> uint8 tensor (N, 3, height, width): cropped below ``crop_top``, area-resized."""
     imgs = [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
     h = imgs[0].shape[0]
-    top = int(round(spec.crop_top * h))
+    top = round(spec.crop_top * h)
     batch = torch.from_numpy(np.stack([im[top:] for im in imgs])).permute(0, 3, 1, 2).float()
     resized = torch.nn.functional.interpolate(batch, size=(spec.height, spec.width), mode="area")
     return resized.round_().clamp_(0, 255).to(torch.uint8)
@@ -237,7 +238,7 @@ class CameraFrames(IterableDataset):
                 raise ValueError(f"{d.camera} is not a frame table (no frames_per_row_group metadata)")
             groups = d.frame_index // n
             cuts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
-            chunks += [(i, int(groups[a]), np.arange(a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+            chunks += [(i, int(groups[a]), np.arange(a, b)) for a, b in itertools.pairwise(cuts)]
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
             chunks = [chunks[j] for j in order]
