@@ -16,6 +16,8 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     splits/<market>/<split_version>/manifest.parquet       curated_splits: one row per frame (SPLIT_MANIFEST_SCHEMA)
     catalog/drive_odd_tags/<market>/<drive_id>.parquet     odd_tags: derived ODD tags of one synced drive
     catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
+    catalog/model_approvals/<model>/<at_ns>-v<version>.parquet   approve/rollback CLI: the gate's audit trail
+    models/<market>/search/best_params.json                 model_search: the best trial's params
 
 Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
 :func:`is_hidden` decides that on the lake-relative path, never on the absolute one (the embedded default
@@ -54,6 +56,11 @@ def synced_path(market: str, drive_id: str) -> str:
 def split_manifest_path(market: str, split_version: str) -> str:
     """The frame-level manifest of one split version of a market (its sha256 is the asset's data version)."""
     return f"splits/{market}/{split_version}/manifest.parquet"
+
+
+def search_best_params_path(market: str) -> str:
+    """The best hyper-parameters of the market's latest model search (read by trained_model)."""
+    return f"models/{market}/search/best_params.json"
 
 
 def drift_reference_path(market: str) -> str:
@@ -235,6 +242,31 @@ SPLIT_ASSIGNMENTS = CatalogRecord(
     ),
 )
 
+# Audit trail of the model registry's approval gate: one file per approval or rollback, written by the
+# `python -m ad_platform approve|rollback` commands (path: MODEL_APPROVALS.path(model, f"{at_ns}-v{version}")).
+MODEL_APPROVALS = CatalogRecord(
+    name="model_approvals",
+    description="One row per approval or rollback of a registered model version: who, when, why, the version's "
+    "test metrics, its split manifest sha256 and code version.",
+    folder="catalog/model_approvals",
+    schema=pa.schema(
+        [
+            ("model", pa.string()),
+            ("version", pa.string()),
+            ("action", pa.string()),
+            ("actor", pa.string()),  # who approved or rolled back
+            ("note", pa.string()),
+            ("at", pa.string()),
+            ("at_ns", pa.int64()),
+            ("previous_version", pa.string()),
+            ("metrics", pa.string()),
+            ("manifest_sha256", pa.string()),
+            ("code_version", pa.string()),
+            ("mlflow_run_id", pa.string()),
+        ]
+    ),
+)
+
 CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     RAW_FILES,
     DECODED_STREAMS,
@@ -242,4 +274,5 @@ CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     DRIVE_REGISTRY,
     DRIVE_ODD_TAGS,
     SPLIT_ASSIGNMENTS,
+    MODEL_APPROVALS,
 )

@@ -316,7 +316,21 @@ MARKET_ASSETS_JOB = JobSpec(
     description="Per-market assets over all synced drives: the signal drift check against each market's reference.",
     cron="17 * * * *",
 )
-JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB)
+TRAIN_JOB = JobSpec(
+    name="train_models",
+    per_market=True,
+    run_stage="train",
+    description="Train, evaluate and register the {market} steering model on the market's latest curated splits; "
+    "blocking gate checks decide the candidate alias, approval is `python -m ad_platform approve`.",
+)
+SEARCH_JOB = JobSpec(
+    name="model_search",
+    per_market=True,
+    run_stage="train",
+    description="Hyper-parameter search (Optuna) for the {market} steering model: N short trials as nested MLflow "
+    "runs under one parent; the best trial's params feed the trained_model asset.",
+)
+JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB, TRAIN_JOB, SEARCH_JOB)
 
 
 @dataclass(frozen=True)
@@ -364,7 +378,37 @@ SIGNAL_DRIFT = AssetStage(
     upstream=(SYNCED_FRAMES.name,),
     alerted=False,  # warn-only, per market: shown in the UI, not paged
 )
-ASSET_STAGES: tuple[AssetStage, ...] = (RAW_DRIVE, DECODED_SIGNALS, SYNCED_FRAMES, SIGNAL_DRIFT)
+# The curated splits stage (issue 12) is built on another branch; its key is <market>/curated_splits and its
+# materialization metadata carries manifest_path / manifest_sha256 / split_version (the training contract).
+CURATED_SPLITS_NAME = "curated_splits"
+TRAINED_MODEL = AssetStage(
+    "trained_model",
+    group="models",
+    pod="train",
+    job=TRAIN_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS_NAME,),
+    alerted=False,  # a model that fails its gate is not an incident: it is simply not a candidate
+    freshness=False,  # retrained on demand (new splits), not on a clock
+)
+MODEL_SEARCH = AssetStage(
+    "model_search",
+    group="models",
+    pod="train",
+    job=SEARCH_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS_NAME,),
+    alerted=False,
+    freshness=False,
+)
+ASSET_STAGES: tuple[AssetStage, ...] = (
+    RAW_DRIVE,
+    DECODED_SIGNALS,
+    SYNCED_FRAMES,
+    SIGNAL_DRIFT,
+    MODEL_SEARCH,
+    TRAINED_MODEL,
+)
 
 
 def job_asset_keys(job: JobSpec, markets: tuple[str, ...]) -> list[AssetKey]:

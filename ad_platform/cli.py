@@ -1,4 +1,4 @@
-"""Command line of the platform: `python -m ad_platform {run-once,demo,decode}`."""
+"""Command line of the platform: `python -m ad_platform {run-once,demo,metrics,approve,rollback,models,decode}`."""
 
 from __future__ import annotations
 
@@ -151,6 +151,87 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _registry() -> tuple[object, object]:
+    from ad_resources.s3 import resources_from_env
+    from ad_resources.tracking import tracking_from_env
+
+    return tracking_from_env(settings.state_dir()).client(), resources_from_env()["lake"]
+
+
+def _write_audit(lake: object, record: object) -> str:
+    from ad_common.lake_layout import MODEL_APPROVALS
+
+    path = MODEL_APPROVALS.path(record.model, f"{record.at_ns}-v{record.version}")  # type: ignore[attr-defined]
+    lake.write_table(path, record.to_table())  # type: ignore[attr-defined]
+    return path
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Move the `approved` alias to a version whose gate passed; audited in MLflow tags and the catalog."""
+    from ad_core.train.registry import GateRefused, approve
+
+    client, lake = _registry()
+    try:
+        record = approve(client, args.model, args.version, args.by, args.note)  # type: ignore[arg-type]
+    except GateRefused as exc:
+        print(f"REFUSED: {exc}", file=sys.stderr)
+        return 2
+    path = _write_audit(lake, record)
+    previous = f" (was version {record.previous_version})" if record.previous_version else ""
+    print(f"{record.model} version {record.version} approved by {record.actor} at {record.at}{previous}; audit: {path}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move `approved` back to the previously approved version (or `--to VERSION`, or remove it); audited."""
+    from ad_core.train.registry import GateRefused, rollback
+
+    client, lake = _registry()
+    try:
+        record = rollback(client, args.model, args.by, args.note, args.to)  # type: ignore[arg-type]
+    except GateRefused as exc:
+        print(f"REFUSED: {exc}", file=sys.stderr)
+        return 2
+    path = _write_audit(lake, record)
+    now = f"version {record.previous_version}" if record.previous_version else "no version"
+    print(
+        f"{record.model}: approval of version {record.version} revoked by {record.actor}; approved is now {now}; "
+        f"audit: {path}"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Registered models, their versions, aliases and gate status (what waits for approval)."""
+    print(models_summary())
+    return 0
+
+
+def models_summary() -> str:
+    from ad_core.train.registry import GATE_STATUS, failed_checks
+
+    client, _ = _registry()
+    lines = []
+    for rm in client.search_registered_models():  # type: ignore[attr-defined]
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        lines.append(f"{rm.name}:")
+        versions = client.search_model_versions(f"name = '{rm.name}'")  # type: ignore[attr-defined]
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            gate = mv.tags.get(GATE_STATUS, "not run")
+            failed = failed_checks(mv)
+            waiting = "candidate" in aliases.get(str(mv.version), []) and "approved" not in aliases.get(
+                str(mv.version), []
+            )
+            lines.append(
+                f"  version {mv.version}: aliases [{', '.join(sorted(aliases.get(str(mv.version), [])))}] "
+                f"gate {gate}{' (' + ', '.join(failed) + ')' if failed else ''}"
+                f"{'  <- waiting for approval: python -m ad_platform approve ' + rm.name + ' ' + str(mv.version) + ' --by NAME --note TEXT' if waiting else ''}"  # noqa: E501
+            )
+    return "\n".join(lines) if lines else "no registered models"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ad_platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     metrics.add_argument("--once", action="store_true", help="print one exposition to stdout and exit")
     metrics.set_defaults(func=cmd_metrics)
+
+    approve = sub.add_parser("approve", help="approve a registered model version (moves the `approved` alias)")
+    approve.add_argument("model", help="registered model, e.g. steering-de")
+    approve.add_argument("version")
+    approve.add_argument("--by", required=True, help="who approves (recorded)")
+    approve.add_argument("--note", required=True, help="why (recorded)")
+    approve.set_defaults(func=cmd_approve)
+
+    rollback = sub.add_parser("rollback", help="move `approved` back to the previously approved version (audited)")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", default=None, help="a version approved before (default: the previous approval)")
+    rollback.add_argument("--by", required=True)
+    rollback.add_argument("--note", required=True)
+    rollback.set_defaults(func=cmd_rollback)
+
+    models = sub.add_parser("models", help="registered models: versions, aliases, gate status")
+    models.set_defaults(func=cmd_models)
 
     decode = sub.add_parser("decode", help="decode one log file or folder outside Dagster (see --help)", add_help=False)
     decode.add_argument("rest", nargs=argparse.REMAINDER)

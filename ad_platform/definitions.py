@@ -15,13 +15,15 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import decoded, drift, raw, synced
+from ad_assets import decoded, drift, models, raw, synced
+from ad_common import settings
 from ad_common.markets import MARKETS
 from ad_common.stages import JOBS, LATENESS_SLO, JobSpec, alerted_asset_keys, job_asset_keys, stage_run_tags
 from ad_platform.json_logging import platform_loggers
 from ad_resources.alerts import AlertWebhook
 from ad_resources.quality import GreatExpectationsResource
 from ad_resources.s3 import resources_from_env
+from ad_resources.tracking import tracking_from_env
 from ad_sensors.alerts import build_alert_sensor
 from ad_sensors.landing import build_landing_sensor
 
@@ -54,6 +56,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             decoded.definitions(market),
             synced.definitions(market, lateness_slo=lateness_slo),
             drift.definitions(market),
+            models.definitions(market),
         )
     ]
     jobs = {spec.name: _jobs(spec) for spec in JOBS}
@@ -75,6 +78,8 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         resources={
             **resources_from_env(),
             "great_expectations": GreatExpectationsResource(),
+            # SQLite + artifact folder under $AD_STATE_DIR/mlflow; PostgreSQL + S3 via AD_MLFLOW_* (docs/models.md).
+            "mlflow_tracking": tracking_from_env(settings.state_dir(), in_definitions=True),
             # EnvVar keeps the (often secret) URL out of the UI; unset: alerts are only logged.
             "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
         },

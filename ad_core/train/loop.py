@@ -7,6 +7,7 @@ metrics. The thread count is part of that: float sums are grouped per thread.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -94,7 +95,8 @@ def predict(
     """Predictions for every frame of ``split`` (indexed like its frame table) and the seconds it took."""
     out = np.full(split.frames, np.nan, np.float32)
     started = time.perf_counter()
-    model.eval()
+    with contextlib.suppress(NotImplementedError):  # a loaded torch.export module was traced in eval mode already
+        model.eval()
     with torch.no_grad():
         for images, _y, rows in _loader(CameraFrames(split.drives, spec), batch_size, workers):
             out[rows.numpy()] = model(_as_input(images)).numpy()

@@ -115,3 +115,44 @@ def publish_splits(
     rel, sha = write_manifest(lake_root, market, version, **kwargs)  # type: ignore[arg-type]
     record_curated_splits(instance, market, rel, sha, version)
     return sha
+
+
+def synced_fleet(root: Path, market: str, drives: int, minutes: float, seed: int = 7) -> Path:
+    """Generate ``drives`` fleetgen drives and materialize raw -> decoded -> synced for each (real runs, a real
+    instance); returns the lake root. Every drive's synced frames and decoded camera table are then in the lake."""
+    from dagster import instance_for_test, materialize
+
+    from ad_assets import decoded, raw, synced
+    from ad_resources.lake import LocalLake
+    from ad_resources.landing import LocalLandingZone
+    from ad_resources.quality import GreatExpectationsResource
+    from fleetgen import generate_drive
+
+    landing, lake = root / "landing", root / "lake"
+    assets = [*raw.definitions(market).assets, *decoded.definitions(market).assets, *synced.definitions(market).assets]
+    with instance_for_test() as instance:
+        for index in range(drives):
+            drive = generate_drive(landing, market, index, minutes, seed=seed)
+            instance.add_dynamic_partitions(f"drives_{market}", [drive.name])
+            result = materialize(
+                assets,
+                partition_key=drive.name,
+                instance=instance,
+                resources={
+                    "landing": LocalLandingZone(root=str(landing)),
+                    "lake": LocalLake(root=str(lake)),
+                    "great_expectations": GreatExpectationsResource(),
+                },
+            )
+            assert result.success, f"{drive.name} did not reach synced_frames"
+    return lake
+
+
+def lake_view(shared_lake: Path, root: Path) -> Path:
+    """A test's own lake over a shared, read-only synced fleet: synced and decoded folders linked, the rest
+    (manifests, search results, audit records) its own."""
+    lake = root / "lake"
+    for folder in ("synced", "decoded", "catalog/drive_signal_summaries"):
+        (lake / folder).parent.mkdir(parents=True, exist_ok=True)
+        (lake / folder).symlink_to(shared_lake / folder, target_is_directory=True)
+    return lake
