@@ -1,0 +1,77 @@
+"""Train every market's steering model on a demo fleet through the real ``<m>/trained_model`` asset and print
+test MAE vs the train-mean baseline per market (the issue's target: MAE <= 50 % of the baseline's).
+
+Until the curated splits stage (issue 12) lands, the split manifests come from the test stand-in
+(``tests/support/splits.py``: drives assigned to splits by the rank of their hashed id).
+
+    make demo                                  # or: python -m ad_platform demo --drives 2 --minutes 2
+    python benchmarks/train_demo.py            # AD_STATE_DIR as for the demo; --epochs, --max-frames-per-drive
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dagster import AssetKey, materialize  # noqa: E402
+
+from ad_assets import models  # noqa: E402
+from ad_common import settings  # noqa: E402
+from ad_platform.instance import local_instance  # noqa: E402
+from ad_resources.lake import LocalLake  # noqa: E402
+from ad_resources.tracking import local_tracking  # noqa: E402
+from tests.support.splits import publish_splits  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--markets", default="de,us,cn,jp")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--max-frames-per-drive", type=int, default=None)
+    parser.add_argument("--split-version", default="demo-v1")
+    args = parser.parse_args()
+    lake_root = settings.lake_dir()
+    instance = local_instance()
+    tracking = local_tracking(settings.state_dir())
+    out = {}
+    for market in args.markets.split(","):
+        publish_splits(instance, lake_root, market, args.split_version)
+        started = time.monotonic()
+        config = {"epochs": args.epochs, "max_frames_per_drive": args.max_frames_per_drive}
+        result = materialize(
+            models.definitions(market).assets,
+            selection=[AssetKey([market, "trained_model"])],
+            instance=instance,
+            raise_on_error=False,
+            run_config={"ops": {f"{market}__trained_model": {"config": config}}},
+            resources={"lake": LocalLake(root=str(lake_root)), "mlflow_tracking": tracking},
+        )
+        events = result.get_asset_materialization_events()
+        if not events:
+            print(f"{market}: no materialization", file=sys.stderr)
+            continue
+        meta = events[0].materialization.metadata
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        mae, base = meta["test_mae"].value, meta["test_baseline_mae"].value
+        out[market] = {
+            "test_mae_deg": round(mae, 3),
+            "baseline_mae_deg": round(base, 3),
+            "ratio": round(mae / base, 3),
+            "train_frames": meta["train_frames"].value,
+            "test_frames": meta["test_frames"].value,
+            "version": meta["version"].value,
+            "checks": checks,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        print(json.dumps({market: out[market]}), flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
