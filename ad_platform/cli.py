@@ -41,7 +41,7 @@ def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, s
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ad_platform.definitions import defs
-    from ad_platform.runner import refresh_market_assets, run_once, send_alerts_once
+    from ad_platform.runner import refresh_market_assets, run_once, send_alerts_once, train_models_once
     from ad_resources.landing import LocalLandingZone
     from fleetgen import generate_fleet
 
@@ -62,6 +62,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         defs, instance, console_log_level="CRITICAL", reference_drives=max(1, args.drives // 2)
     )
     drift_ok = drift_run.success
+    print("  trained models (per market, on its latest curated splits)")
+    trained = train_models_once(defs, instance, markets, console_log_level="CRITICAL")
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
@@ -83,6 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_catalog_summary()
     _print_drift_summary(drift_run)
     _print_metrics_summary(defs, instance)
+    _print_models_summary(trained)
     print(
         f"\nlake: {settings.lake_dir()}\n"
         f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
@@ -117,6 +120,25 @@ def _print_drift_summary(run: ExecuteInProcessResult) -> None:
             f"  {key.path[0].upper()}: compared {metadata['new_drives'].value} new drive(s) against "
             f"{metadata['reference_drives'].value} reference drive(s): {verdict}"
         )
+
+
+def _print_models_summary(trained: dict[str, ExecuteInProcessResult | str]) -> None:
+    print("\ntrained models:")
+    for market, outcome in trained.items():
+        if isinstance(outcome, str):
+            print(f"  {market.upper()}: {outcome}")
+            continue
+        checks = {e.check_name: e.passed for e in outcome.get_asset_check_evaluations()}
+        for event in outcome.get_asset_materialization_events():
+            meta = event.materialization.metadata
+            failed = sorted(name for name, ok in checks.items() if not ok)
+            print(
+                f"  {market.upper()}: {meta['registered_model'].value} version {meta['version'].value}: test MAE "
+                f"{meta['test_mae'].value:.2f} deg vs baseline {meta['test_baseline_mae'].value:.2f} deg; "
+                + (f"gate failed ({', '.join(failed)})" if failed else "candidate, waiting for approval")
+            )
+    if any(not isinstance(o, str) for o in trained.values()):
+        print(models_summary())
 
 
 def _print_metrics_summary(defs: Definitions, instance: DagsterInstance) -> None:

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, SensorResult, build_sensor_context
+from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult, SensorResult, build_sensor_context
 
 from ad_common import settings
 from ad_common.markets import MARKETS
-from ad_common.stages import MARKET_ASSETS_JOB, SIGNAL_DRIFT
+from ad_common.stages import CURATED_SPLITS_NAME, MARKET_ASSETS_JOB, SIGNAL_DRIFT, TRAIN_JOB
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, evaluate_landing
 
 CURSOR_FILE = "run_once_cursor.json"
@@ -131,6 +131,25 @@ def refresh_market_assets(
     return defs.resolve_job_def(MARKET_ASSETS_JOB.name).execute_in_process(
         instance=instance, raise_on_error=False, run_config=run_config
     )
+
+
+def train_models_once(
+    defs: Definitions, instance: DagsterInstance, markets: list[str], console_log_level: str = "WARNING"
+) -> dict[str, ExecuteInProcessResult | str]:
+    """Run ``train_models_<m>`` for each market whose ``<m>/curated_splits`` has been materialized; the others
+    get the reason they were skipped."""
+    out: dict[str, ExecuteInProcessResult | str] = {}
+    for market in markets:
+        splits = AssetKey([market, CURATED_SPLITS_NAME])
+        if instance.get_latest_materialization_event(splits) is None:
+            out[market] = f"skipped: {splits.to_user_string()} not materialized yet"
+            continue
+        out[market] = defs.resolve_job_def(TRAIN_JOB.job_name(market)).execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+        )
+    return out
 
 
 def send_alerts_once(defs: Definitions, instance: DagsterInstance) -> None:

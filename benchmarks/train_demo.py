@@ -18,14 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dagster import AssetKey, materialize  # noqa: E402
+from dagster import AssetKey, materialize
 
-from ad_assets import models  # noqa: E402
-from ad_common import settings  # noqa: E402
-from ad_platform.instance import local_instance  # noqa: E402
-from ad_resources.lake import LocalLake  # noqa: E402
-from ad_resources.tracking import local_tracking  # noqa: E402
-from tests.support.splits import publish_splits  # noqa: E402
+from ad_assets import models
+from ad_common import settings
+from ad_platform.instance import local_instance
+from ad_resources.lake import LocalLake
+from ad_resources.tracking import local_tracking
+from tests.support.splits import publish_splits
 
 
 def main() -> int:
