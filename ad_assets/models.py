@@ -74,6 +74,11 @@ class TrainSettings(Config):
     )
     slice_max_mae_ratio: float = Field(default=1.0, description="Gate: every ODD slice's MAE <= this x baseline.")
     min_slice_frames: int = Field(default=50, description="Slices with fewer test frames are reported, not gated.")
+    also_train_on: list[str] = Field(
+        default=[],
+        description="Other markets whose latest curated splits join this model's train/val splits; their test "
+        "splits are evaluated and gated too (every market must pass). Empty: this market only.",
+    )
 
     def params(self) -> TrainParams:
         return TrainParams(
@@ -228,25 +233,32 @@ def train_market(
     lake: Lake,
     tracking: MlflowTracking,
 ) -> MaterializeResult:
-    splits = latest_splits(context, market)
+    markets = [market, *(m for m in settings.also_train_on if m != market)]
+    all_splits = {m: latest_splits(context, m) for m in markets}
+    splits = all_splits[market]
     name = registry.model_name(market)
     params = settings.params()
     search = None
     if settings.use_search_params:
         params, search = _search_params(lake, market, params)
-    with manifest_files(lake, splits) as (manifest, resolve):
-        kw = {"markets": [market], "max_frames_per_drive": settings.max_frames_per_drive}
+    with contextlib.ExitStack() as stack:
+        opened = {m: stack.enter_context(manifest_files(lake, s)) for m, s in all_splits.items()}
+        manifest = pa.concat_tables([opened[m][0] for m in markets])
+        resolve = opened[market][1]  # resolves any lake-relative path
+        kw = {"markets": markets, "max_frames_per_drive": settings.max_frames_per_drive}
         train_split = select_split(manifest, "train", resolve, **kw)
         val_split = select_split(manifest, "val", resolve, **kw)
-        test_split = select_split(manifest, "test", resolve, markets=[market])
-        if test_split.frames == 0:
-            raise Failure(f"the {market} split manifest {splits['manifest_path']} has no test frames to evaluate on")
+        test_split = select_split(manifest, "test", resolve, markets=markets)
+        no_test = [m for m in markets if m not in set(test_split.table.column("market").to_pylist())]
+        if no_test:
+            raise Failure(f"no test frames to evaluate on in {', '.join(no_test)} (split manifests of {markets})")
         tags = {
             **version_tags(),
             "manifest_sha256": splits["manifest_sha256"],
             "manifest_path": splits["manifest_path"],
             "split_version": splits["split_version"],
-            "markets": market,
+            **{f"manifest_sha256.{m}": s["manifest_sha256"] for m, s in all_splits.items() if m != market},
+            "markets": ",".join(markets),
             "dagster_run_id": context.run_id,
             "dagster_asset_key": context.asset_key.to_user_string(),
             "dagster_partition": context.partition_key if context.has_partition_key else "",
@@ -325,6 +337,7 @@ def train_market(
             "test_baseline_mae": report["overall"]["baseline_mae"],
             "train_frames": train_split.frames,
             "test_frames": test_split.frames,
+            "trained_on_markets": MetadataValue.json(markets),
             "markets": MetadataValue.md(_market_table(report, approved_mae)),
             "odd_slices": MetadataValue.md(_slice_table(report)),
             "history": MetadataValue.json([vars(h) for h in result.history]),

@@ -158,8 +158,12 @@ def select_split(
     drives: list[DriveFrames] = []
     target_column = ""
     dropped = 0
-    drive_col = table.column("drive_id").to_numpy(zero_copy_only=False)
-    bounds = np.flatnonzero(np.r_[True, drive_col[1:] != drive_col[:-1], True]) if len(drive_col) else np.array([0])
+    # One group per (market, drive): a drive id is unique within its market only.
+    key = np.char.add(
+        np.asarray(table.column("market").to_pylist(), dtype=str),
+        np.char.add("/", np.asarray(table.column("drive_id").to_pylist(), dtype=str)),
+    )
+    bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True]) if len(key) else np.array([0])
     kept_rows = 0
     for lo, hi in itertools.pairwise(bounds):
         rows = np.arange(lo, hi)

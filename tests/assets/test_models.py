@@ -184,6 +184,27 @@ def test_hpo_search_logs_nested_trials_and_its_best_params_feed_training(env: di
         assert params["batch_size"] == best["params"]["batch_size"]
 
 
+def test_a_model_can_also_train_on_other_markets_and_is_gated_in_each(env: dict[str, object]) -> None:
+    tracking: MlflowTracking = env["tracking"]  # type: ignore[assignment]
+    lake: Path = env["lake"]  # type: ignore[assignment]
+    for folder in ("synced", "decoded"):  # the same drives as a second market, "us"
+        (lake / folder / "us").symlink_to(lake / folder / "de", target_is_directory=True)
+    with instance_for_test() as instance:
+        de_sha = publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
+        us_sha = publish_splits(instance, lake, "us", "v1", splits=_splits(lake))
+        result = _materialize(instance, env, **TINY, also_train_on=["us"])
+        assert result.success
+        meta = result.get_asset_materialization_events()[0].materialization.metadata
+        assert meta["trained_on_markets"].value == ["de", "us"] and meta["train_frames"].value == 96
+        version = tracking.client().get_model_version(NAME, meta["version"].value)
+        assert version.tags["markets"] == "de,us"
+        assert (version.tags["manifest_sha256"], version.tags["manifest_sha256.us"]) == (de_sha, us_sha)
+        metrics = tracking.client().get_run(version.run_id).data.metrics
+        assert {"test_mae_de", "test_mae_us"} <= set(metrics)
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "test_mae_vs_baseline")
+        assert set(check.metadata["mae_ratio"].value) == {"de", "us"}
+
+
 def test_hash_assignment_gives_small_markets_a_test_drive() -> None:
     assert sorted(assign_splits(["a", "b"]).values()) == ["test", "train"]
     five = assign_splits([f"d{i}" for i in range(5)])
