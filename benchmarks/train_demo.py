@@ -34,15 +34,24 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--max-frames-per-drive", type=int, default=None)
     parser.add_argument("--split-version", default="demo-v1")
+    parser.add_argument(
+        "--fleet", action="store_true", help="each market's model also trains on the other markets' splits"
+    )
     args = parser.parse_args()
     lake_root = settings.lake_dir()
     instance = local_instance()
     tracking = local_tracking(settings.state_dir())
     out = {}
-    for market in args.markets.split(","):
+    markets = args.markets.split(",")
+    for market in markets:
         publish_splits(instance, lake_root, market, args.split_version)
+    for market in markets:
         started = time.monotonic()
-        config = {"epochs": args.epochs, "max_frames_per_drive": args.max_frames_per_drive}
+        config = {
+            "epochs": args.epochs,
+            "max_frames_per_drive": args.max_frames_per_drive,
+            "also_train_on": [m for m in markets if m != market] if args.fleet else [],
+        }
         result = materialize(
             models.definitions(market).assets,
             selection=[AssetKey([market, "trained_model"])],
@@ -57,11 +66,16 @@ def main() -> int:
             continue
         meta = events[0].materialization.metadata
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        mae, base = meta["test_mae"].value, meta["test_baseline_mae"].value
+        client = tracking.client()
+        run = client.get_run(meta["mlflow_run_id"].value).data.metrics
+        mae, base = run[f"test_mae_{market}"], run[f"test_baseline_mae_{market}"]
         out[market] = {
             "test_mae_deg": round(mae, 3),
             "baseline_mae_deg": round(base, 3),
             "ratio": round(mae / base, 3),
+            "other_markets_ratio": {
+                m: round(run[f"test_mae_ratio_{m}"], 3) for m in markets if m != market and f"test_mae_ratio_{m}" in run
+            },
             "train_frames": meta["train_frames"].value,
             "test_frames": meta["test_frames"].value,
             "version": meta["version"].value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import math
 import time
 from collections.abc import Callable
@@ -68,6 +69,23 @@ class TrainResult:
     train_frames: int
 
 
+def limit_malloc_arenas() -> None:
+    """glibc only: at most 2 malloc arenas and trim above 1 MiB of free heap.
+
+    Batches arriving from DataLoader workers are handled by the loader's threads; with glibc's default of one
+    arena per thread (up to 8 x cores) freed batch and activation memory stayed fragmented across arenas, and
+    the trainer's RssAnon grew with the frames seen (measured: 511 -> 750 MiB from 596 to 3,583 frames;
+    416 MiB flat with these two settings, the same as MALLOC_ARENA_MAX=2 MALLOC_TRIM_THRESHOLD_=1048576).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_arena_max = -1, -8  # malloc.h
+    libc.mallopt(m_arena_max, 2)
+    libc.mallopt(m_trim_threshold, 1 << 20)
+
+
 def seed_everything(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -114,6 +132,7 @@ def train(
     if train_split.frames == 0:
         raise ValueError("the train split has no frames to train on (all excluded, or no steering synced)")
     seed_everything(params.seed, params.threads)
+    limit_malloc_arenas()
     targets = train_split.targets()
     mean, scale = float(targets.mean()), float(targets.std())
     scale = scale if scale > 1e-6 else 1.0
@@ -140,7 +159,7 @@ def train(
             loss = torch.nn.functional.smooth_l1_loss(model.standardized(_as_input(images)), (y - mean) / scale)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(y)
+            total += loss.item() * len(y)
             frames += len(y)
         seconds = time.perf_counter() - started
         schedule.step()

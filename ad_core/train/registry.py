@@ -55,7 +55,11 @@ def record_gate(client: MlflowClient, name: str, version: str, results: dict[str
 
 
 def failed_checks(version: ModelVersion) -> list[str]:
-    return sorted(k[len(GATE_PREFIX) :] for k, v in version.tags.items() if k.startswith(GATE_PREFIX) and v == FAILED)
+    return sorted(
+        k[len(GATE_PREFIX) :]
+        for k, v in version.tags.items()
+        if k.startswith(GATE_PREFIX) and k != GATE_STATUS and v == FAILED
+    )
 
 
 @dataclass(frozen=True)
