@@ -31,6 +31,7 @@ from tests.support.splits import publish_splits
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markets", default="de,us,cn,jp")
+    parser.add_argument("--train", default=None, help="markets whose model to train (default: --markets)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--max-frames-per-drive", type=int, default=None)
     parser.add_argument("--split-version", default="demo-v1")
@@ -45,7 +46,7 @@ def main() -> int:
     markets = args.markets.split(",")
     for market in markets:
         publish_splits(instance, lake_root, market, args.split_version)
-    for market in markets:
+    for market in args.train.split(",") if args.train else markets:
         started = time.monotonic()
         config = {
             "epochs": args.epochs,
