@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor bench-curate clean lock deploy-check checkov dbt-manifest dbt-docs
+.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor bench-curate bench-train mlflow-ui clean lock deploy-check checkov dbt-manifest dbt-docs
 
 venv: $(STAMP)
 
@@ -87,6 +87,16 @@ bench-curate: $(STAMP)
 
 bench-sensor: $(STAMP)
 	$(PY) benchmarks/bench_sensor_postgres.py
+
+# Steering model through the streaming loader: one JSON line (train/eval frames/s, peak RssAnon).
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py
+
+# The MLflow UI on the embedded store (runs, per-epoch metrics, registered models and their aliases).
+mlflow-ui: $(STAMP)
+	mkdir -p $(AD_STATE_DIR)/mlflow
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(AD_STATE_DIR)/mlflow/mlflow.db \
+	  --default-artifact-root file://$(AD_STATE_DIR)/mlflow/artifacts -h 127.0.0.1 -p 5000
 
 # Every offline deploy check: Kubernetes manifests, Helm values, Terraform (fmt, HCL cross-checks, checkov).
 deploy-check: $(STAMP)

@@ -20,6 +20,8 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     reports/curated_splits/<market>/<split_version>/       split_review: contact sheet, review page, FiftyOne export
     catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
     catalog/drive_checks/<market>/<drive_id>@<stage>.parquet  a per-drive stage's asset-check outcomes for one drive
+    catalog/model_approvals/<model>/<at_ns>-v<version>.parquet   approve/rollback CLI: the gate's audit trail
+    models/<market>/search/best_params.json                 model_search: the best trial's params
 
 Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
 :func:`is_hidden` decides that on the lake-relative path, never on the absolute one (the embedded default
@@ -71,6 +73,11 @@ def rejections_dir(market: str) -> str:
 
 def split_review_dir(market: str, split_version: str) -> str:
     return f"reports/curated_splits/{market}/{split_version}"
+
+
+def search_best_params_path(market: str) -> str:
+    """The best hyper-parameters of the market's latest model search (read by trained_model)."""
+    return f"models/{market}/search/best_params.json"
 
 
 def drift_reference_path(market: str) -> str:
@@ -290,6 +297,31 @@ DRIVE_CHECKS = CatalogRecord(
     ),
 )
 
+# Audit trail of the model registry's approval gate: one file per approval or rollback, written by the
+# `python -m ad_platform approve|rollback` commands (path: MODEL_APPROVALS.path(model, f"{at_ns}-v{version}")).
+MODEL_APPROVALS = CatalogRecord(
+    name="model_approvals",
+    description="One row per approval or rollback of a registered model version: who, when, why, the version's "
+    "test metrics, its split manifest sha256 and code version.",
+    folder="catalog/model_approvals",
+    schema=pa.schema(
+        [
+            ("model", pa.string()),
+            ("version", pa.string()),
+            ("action", pa.string()),
+            ("actor", pa.string()),  # who approved or rolled back
+            ("note", pa.string()),
+            ("at", pa.string()),
+            ("at_ns", pa.int64()),
+            ("previous_version", pa.string()),
+            ("metrics", pa.string()),
+            ("manifest_sha256", pa.string()),
+            ("code_version", pa.string()),
+            ("mlflow_run_id", pa.string()),
+        ]
+    ),
+)
+
 
 def drive_checks_path(market: str, drive_id: str, stage: str) -> str:
     """One file per drive and stage ('@' never occurs in a drive key), so a stage rewrites only its own rows."""
@@ -304,4 +336,5 @@ CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     DRIVE_ODD_TAGS,
     SPLIT_ASSIGNMENTS,
     DRIVE_CHECKS,
+    MODEL_APPROVALS,
 )

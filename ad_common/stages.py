@@ -317,7 +317,21 @@ MARKET_ASSETS_JOB = JobSpec(
     "the curated train/val/test splits and their review page.",
     cron="17 * * * *",
 )
-JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB)
+TRAIN_JOB = JobSpec(
+    name="train_models",
+    per_market=True,
+    run_stage="train",
+    description="Train, evaluate and register the {market} steering model on the market's latest curated splits; "
+    "blocking gate checks decide the candidate alias, approval is `python -m ad_platform approve`.",
+)
+SEARCH_JOB = JobSpec(
+    name="model_search",
+    per_market=True,
+    run_stage="train",
+    description="Hyper-parameter search (Optuna) for the {market} steering model: N short trials as nested MLflow "
+    "runs under one parent; the best trial's params feed the trained_model asset.",
+)
+JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB, TRAIN_JOB, SEARCH_JOB)
 # The dbt metadata catalog (group "catalog", ad_assets/metadata_catalog.py): not a stage of the table, its assets
 # are the dbt models. Hourly, after the market assets (:17) have written the splits.
 METADATA_CATALOG_JOB = JobSpec(
@@ -394,6 +408,26 @@ SPLIT_REVIEW = AssetStage(
     upstream=(CURATED_SPLITS.name,),
     alerted=False,  # a report for reviewers, no checks of its own
 )
+TRAINED_MODEL = AssetStage(
+    "trained_model",
+    group="models",
+    pod="train",
+    job=TRAIN_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS.name,),
+    alerted=False,  # a model that fails its gate is not an incident: it is simply not a candidate
+    freshness=False,  # retrained on demand (new splits), not on a clock
+)
+MODEL_SEARCH = AssetStage(
+    "model_search",
+    group="models",
+    pod="train",
+    job=SEARCH_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS.name,),
+    alerted=False,
+    freshness=False,
+)
 ASSET_STAGES: tuple[AssetStage, ...] = (
     RAW_DRIVE,
     DECODED_SIGNALS,
@@ -402,6 +436,8 @@ ASSET_STAGES: tuple[AssetStage, ...] = (
     ODD_TAGS_STAGE,
     CURATED_SPLITS,
     SPLIT_REVIEW,
+    MODEL_SEARCH,
+    TRAINED_MODEL,
 )
 
 

@@ -1,4 +1,4 @@
-"""Command line of the platform: `python -m ad_platform {run-once,demo,decode}`."""
+"""Command line of the platform: `python -m ad_platform {run-once,demo,metrics,approve,rollback,models,decode}`."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _land_bad_examples(landing: Path, market: str, index: int, minutes: float, s
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ad_platform.definitions import defs
-    from ad_platform.runner import refresh_market_assets, run_once, send_alerts_once
+    from ad_platform.runner import refresh_market_assets, run_once, send_alerts_once, train_models_once
     from ad_resources.landing import LocalLandingZone
     from fleetgen import generate_fleet
 
@@ -85,6 +85,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     catalog_run = defs.resolve_job_def(METADATA_CATALOG_JOB.name).execute_in_process(
         instance=instance, raise_on_error=False, run_config=_quiet()
     )
+    print("  trained models (per market, on its latest curated splits)")
+    trained = train_models_once(defs, instance, markets, console_log_level="CRITICAL")
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
@@ -108,6 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_splits_summary(drift_run)
     _print_metadata_catalog_summary(catalog_run)
     _print_metrics_summary(defs, instance)
+    _print_models_summary(trained)
     print(
         f"\nlake: {settings.lake_dir()}\n"
         f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
@@ -188,6 +191,25 @@ def _print_splits_summary(run: ExecuteInProcessResult) -> None:
         print(f"  {key.path[0].upper()} {metadata['split_version'].value}: {splits}; {', '.join(checks[key.path[0]])}")
 
 
+def _print_models_summary(trained: dict[str, ExecuteInProcessResult | str]) -> None:
+    print("\ntrained models:")
+    for market, outcome in trained.items():
+        if isinstance(outcome, str):
+            print(f"  {market.upper()}: {outcome}")
+            continue
+        checks = {e.check_name: e.passed for e in outcome.get_asset_check_evaluations()}
+        for event in outcome.get_asset_materialization_events():
+            meta = event.materialization.metadata
+            failed = sorted(name for name, ok in checks.items() if not ok)
+            print(
+                f"  {market.upper()}: {meta['registered_model'].value} version {meta['version'].value}: test MAE "
+                f"{meta['test_mae'].value:.2f} deg vs baseline {meta['test_baseline_mae'].value:.2f} deg; "
+                + (f"gate failed ({', '.join(failed)})" if failed else "candidate, waiting for approval")
+            )
+    if any(not isinstance(o, str) for o in trained.values()):
+        print(models_summary())
+
+
 def _print_metrics_summary(defs: Definitions, instance: DagsterInstance) -> None:
     """What the Prometheus endpoint (`python -m ad_platform metrics`) reports for the drives, per market."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -218,6 +240,87 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from ad_platform.metrics import run
 
     return run(args)
+
+
+def _registry() -> tuple[object, object]:
+    from ad_resources.s3 import resources_from_env
+    from ad_resources.tracking import tracking_from_env
+
+    return tracking_from_env(settings.state_dir()).client(), resources_from_env()["lake"]
+
+
+def _write_audit(lake: object, record: object) -> str:
+    from ad_common.lake_layout import MODEL_APPROVALS
+
+    path = MODEL_APPROVALS.path(record.model, f"{record.at_ns}-v{record.version}")  # type: ignore[attr-defined]
+    lake.write_table(path, record.to_table())  # type: ignore[attr-defined]
+    return path
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Move the `approved` alias to a version whose gate passed; audited in MLflow tags and the catalog."""
+    from ad_core.train.registry import GateRefused, approve
+
+    client, lake = _registry()
+    try:
+        record = approve(client, args.model, args.version, args.by, args.note)  # type: ignore[arg-type]
+    except GateRefused as exc:
+        print(f"REFUSED: {exc}", file=sys.stderr)
+        return 2
+    path = _write_audit(lake, record)
+    previous = f" (was version {record.previous_version})" if record.previous_version else ""
+    print(f"{record.model} version {record.version} approved by {record.actor} at {record.at}{previous}; audit: {path}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move `approved` back to the previously approved version (or `--to VERSION`, or remove it); audited."""
+    from ad_core.train.registry import GateRefused, rollback
+
+    client, lake = _registry()
+    try:
+        record = rollback(client, args.model, args.by, args.note, args.to)  # type: ignore[arg-type]
+    except GateRefused as exc:
+        print(f"REFUSED: {exc}", file=sys.stderr)
+        return 2
+    path = _write_audit(lake, record)
+    now = f"version {record.previous_version}" if record.previous_version else "no version"
+    print(
+        f"{record.model}: approval of version {record.version} revoked by {record.actor}; approved is now {now}; "
+        f"audit: {path}"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Registered models, their versions, aliases and gate status (what waits for approval)."""
+    print(models_summary())
+    return 0
+
+
+def models_summary() -> str:
+    from ad_core.train.registry import GATE_STATUS, failed_checks
+
+    client, _ = _registry()
+    lines = []
+    for rm in client.search_registered_models():  # type: ignore[attr-defined]
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        lines.append(f"{rm.name}:")
+        versions = client.search_model_versions(f"name = '{rm.name}'")  # type: ignore[attr-defined]
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            gate = mv.tags.get(GATE_STATUS, "not run")
+            failed = failed_checks(mv)
+            waiting = "candidate" in aliases.get(str(mv.version), []) and "approved" not in aliases.get(
+                str(mv.version), []
+            )
+            lines.append(
+                f"  version {mv.version}: aliases [{', '.join(sorted(aliases.get(str(mv.version), [])))}] "
+                f"gate {gate}{' (' + ', '.join(failed) + ')' if failed else ''}"
+                f"{'  <- waiting for approval: python -m ad_platform approve ' + rm.name + ' ' + str(mv.version) + ' --by NAME --note TEXT' if waiting else ''}"  # noqa: E501
+            )
+    return "\n".join(lines) if lines else "no registered models"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +363,23 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     metrics.add_argument("--once", action="store_true", help="print one exposition to stdout and exit")
     metrics.set_defaults(func=cmd_metrics)
+
+    approve = sub.add_parser("approve", help="approve a registered model version (moves the `approved` alias)")
+    approve.add_argument("model", help="registered model, e.g. steering-de")
+    approve.add_argument("version")
+    approve.add_argument("--by", required=True, help="who approves (recorded)")
+    approve.add_argument("--note", required=True, help="why (recorded)")
+    approve.set_defaults(func=cmd_approve)
+
+    rollback = sub.add_parser("rollback", help="move `approved` back to the previously approved version (audited)")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", default=None, help="a version approved before (default: the previous approval)")
+    rollback.add_argument("--by", required=True)
+    rollback.add_argument("--note", required=True)
+    rollback.set_defaults(func=cmd_rollback)
+
+    models = sub.add_parser("models", help="registered models: versions, aliases, gate status")
+    models.set_defaults(func=cmd_models)
 
     decode = sub.add_parser("decode", help="decode one log file or folder outside Dagster (see --help)", add_help=False)
     decode.add_argument("rest", nargs=argparse.REMAINDER)

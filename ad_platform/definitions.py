@@ -15,7 +15,8 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import curated, decoded, drift, metadata_catalog, raw, synced
+from ad_assets import curated, decoded, drift, metadata_catalog, models, raw, synced
+from ad_common import settings
 from ad_common.markets import MARKETS
 from ad_common.stages import (
     JOBS,
@@ -30,6 +31,7 @@ from ad_platform.json_logging import platform_loggers
 from ad_resources.alerts import AlertWebhook
 from ad_resources.quality import GreatExpectationsResource
 from ad_resources.s3 import resources_from_env
+from ad_resources.tracking import tracking_from_env
 from ad_sensors.alerts import build_alert_sensor
 from ad_sensors.landing import build_landing_sensor
 
@@ -63,6 +65,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             synced.definitions(market, lateness_slo=lateness_slo),
             drift.definitions(market),
             curated.definitions(market),
+            models.definitions(market),
         )
     ]
     jobs = {spec.name: _jobs(spec) for spec in JOBS}
@@ -93,6 +96,8 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             "great_expectations": GreatExpectationsResource(),
             # dbt_metadata/ (manifest prepared at build time); where it reads and writes: "metadata_catalog".
             "dbt": metadata_catalog.dbt_cli_resource(),
+            # SQLite + artifact folder under $AD_STATE_DIR/mlflow; PostgreSQL + S3 via AD_MLFLOW_* (docs/models.md).
+            "mlflow_tracking": tracking_from_env(settings.state_dir(), in_definitions=True),
             # EnvVar keeps the (often secret) URL out of the UI; unset: alerts are only logged.
             "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
         },

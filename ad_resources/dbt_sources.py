@@ -37,6 +37,7 @@ RECORD_STAGES: dict[str, tuple[str, ...]] = {
     "drive_odd_tags": ("odd_tags",),
     "split_assignments": ("curated_splits",),
     "drive_checks": ("decoded_signals", "synced_frames", "odd_tags"),
+    "model_approvals": ("trained_model",),  # written by the approve/rollback CLI about trained_model versions
 }
 
 

@@ -26,3 +26,11 @@ def local_platform(tmp_path: Path) -> Iterator[LocalPlatform]:
     """Landing zone + lake + DuckDB catalog under ``<tmp>/.state`` and a real (temporary) Dagster instance."""
     with instance_for_test() as instance:
         yield LocalPlatform(tmp_path / ".state", instance)
+
+
+@pytest.fixture(scope="session")
+def de_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three 30 s DE drives, synced into a lake (shared by the training tests; read-only for them)."""
+    from tests.support.splits import synced_fleet
+
+    return synced_fleet(tmp_path_factory.mktemp("de_fleet"), "de", drives=3, minutes=0.5)

@@ -1,0 +1,542 @@
+"""Stage 5, trained models: a steering CNN per market trained on the market's latest curated splits, tracked in
+MLflow, registered with the split manifest sha256 and code version, and gated (docs/models.md).
+
+The curated splits asset (``<market>/curated_splits``) records ``manifest_path`` (lake-relative),
+``manifest_sha256`` and ``split_version`` in its materialization metadata; training reads the manifest named
+by the latest one and refuses a manifest whose bytes no longer match that sha256.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pyarrow as pa
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from ad_assets.stage_asset import stage_asset_args
+from ad_common.hashing import sha256_file
+from ad_common.lake_layout import search_best_params_path
+from ad_common.stages import CURATED_SPLITS, MODEL_SEARCH, TRAINED_MODEL
+from ad_core.train import registry
+from ad_core.train.data import ImageSpec, SplitFrames, read_manifest, select_split
+from ad_core.train.loop import TrainParams, evaluate, predict, train
+from ad_core.train.mlflow_io import load_model, log_model
+from ad_core.train.version import code_version, version_tags
+from ad_resources.lake import Lake
+from ad_resources.tracking import MlflowTracking
+
+CHECK_BASELINE = "test_mae_vs_baseline"
+CHECK_REGRESSION = "no_regression_vs_approved"
+CHECK_SLICES = "odd_slices_beat_baseline"
+SEARCHED_PARAMS = ("learning_rate", "weight_decay", "dropout", "batch_size")
+
+
+class TrainSettings(Config):
+    epochs: int = Field(default=8, description="Passes over the train split.")
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    seed: int = 0
+    workers: int = Field(default=1, description="DataLoader processes decoding JPEGs (0: in the trainer).")
+    threads: int = Field(default=2, description="torch threads of the trainer (part of determinism).")
+    flip: bool = Field(default=True, description="Mirror half the frames, steering negated.")
+    image_height: int = 66
+    image_width: int = 200
+    crop_top: float = 0.40
+    max_frames_per_drive: int | None = Field(
+        default=None, description="Evenly spaced subset of each drive's frames (quick runs, tests); None: all."
+    )
+    use_search_params: bool = Field(
+        default=True, description="Take learning rate, weight decay, dropout, batch size from the latest model search."
+    )
+    max_mae_ratio: float = Field(default=0.5, description="Gate: test MAE <= this x the baseline's, every market.")
+    regression_tolerance: float = Field(
+        default=0.0, description="Gate: test MAE < (1 + this) x the approved version's on the same frames."
+    )
+    slice_max_mae_ratio: float = Field(default=1.0, description="Gate: every ODD slice's MAE <= this x baseline.")
+    min_slice_frames: int = Field(default=50, description="Slices with fewer test frames are reported, not gated.")
+    also_train_on: list[str] = Field(
+        default=[],
+        description="Other markets whose latest curated splits join this model's train/val splits; their test "
+        "splits are evaluated and gated too (every market must pass). Empty: this market only.",
+    )
+
+    def params(self) -> TrainParams:
+        return TrainParams(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            dropout=self.dropout,
+            seed=self.seed,
+            workers=self.workers,
+            threads=self.threads,
+            flip=self.flip,
+            image=ImageSpec(self.image_height, self.image_width, self.crop_top),
+        )
+
+
+def latest_splits(context: AssetExecutionContext, market: str) -> dict[str, str]:
+    """manifest_path / manifest_sha256 / split_version of the latest ``<market>/curated_splits``."""
+    key = CURATED_SPLITS.key(market)
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise Failure(
+            f"{key.to_user_string()} has never been materialized: there is no split manifest to train on "
+            f"(materialize {key.to_user_string()} first)"
+        )
+    metadata = event.asset_materialization.metadata
+    missing = [k for k in ("manifest_path", "manifest_sha256", "split_version") if k not in metadata]
+    if missing:
+        raise Failure(f"the latest {key.to_user_string()} materialization lacks {', '.join(missing)} in its metadata")
+    return {k: str(metadata[k].value) for k in ("manifest_path", "manifest_sha256", "split_version")}
+
+
+@contextlib.contextmanager
+def manifest_files(lake: Lake, splits: dict[str, str]) -> Iterator[tuple[pa.Table, Callable[[str], Path]]]:
+    """The manifest (checked against its recorded sha256) and a resolver of lake-relative paths to local files;
+    remote lakes download each needed folder once (a drive's synced and decoded folders)."""
+    with contextlib.ExitStack() as stack:
+        folders: dict[str, Path] = {}
+
+        def resolve(relpath: str) -> Path:
+            parent = str(PurePosixPath(relpath).parent)
+            if parent not in folders:
+                folders[parent] = stack.enter_context(lake.local_dir(parent))
+            return folders[parent] / PurePosixPath(relpath).name
+
+        path = resolve(splits["manifest_path"])
+        if not path.is_file():
+            raise Failure(f"split manifest {splits['manifest_path']} is not in the lake")
+        sha = sha256_file(path)
+        if sha != splits["manifest_sha256"]:
+            raise Failure(
+                f"split manifest {splits['manifest_path']} changed since curated_splits recorded it "
+                f"(sha256 {sha[:12]} != {splits['manifest_sha256'][:12]}): re-materialize curated_splits"
+            )
+        yield read_manifest(path), resolve
+
+
+def _market_table(report: dict[str, Any], approved: dict[str, float] | None) -> str:
+    rows = [
+        f"| {m} | {s['frames']} | {s['mae']:.3f} | {s['rmse']:.3f} | {s['baseline_mae']:.3f} | {s['mae_ratio']:.2f} | "
+        f"{'' if approved is None or m not in approved else f'{approved[m]:.3f}'} |"
+        for m, s in report["markets"].items()
+    ]
+    return (
+        "| market | test frames | MAE deg | RMSE deg | baseline MAE | ratio | approved MAE |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
+def _slice_table(report: dict[str, Any]) -> str:
+    rows = [
+        f"| {s['market']} | {s['tag']}={s['value']} | {s['frames']} | {s['mae']:.3f} | {s['baseline_mae']:.3f} | "
+        f"{s['mae_ratio']:.2f} |"
+        for s in report["slices"]
+    ]
+    return "| market | slice | frames | MAE | baseline MAE | ratio |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+
+
+def gate(
+    report: dict[str, Any], approved: dict[str, float] | None, settings: TrainSettings
+) -> dict[str, tuple[bool, str, dict[str, Any]]]:
+    """The three automated gate checks: name -> (passed, description, metadata)."""
+    markets = report["markets"]
+    worse = {m: round(s["mae_ratio"], 3) for m, s in markets.items() if not s["mae_ratio"] <= settings.max_mae_ratio}
+    out = {
+        CHECK_BASELINE: (
+            not worse,
+            f"test MAE <= {settings.max_mae_ratio:g} x train-mean baseline in every market"
+            + (f"; not in {sorted(worse)}" if worse else ""),
+            {"mae_ratio": {m: round(s["mae_ratio"], 4) for m, s in markets.items()}},
+        )
+    }
+    if approved is None:
+        out[CHECK_REGRESSION] = (True, "no approved version yet: nothing to regress against", {})
+    else:
+        limit = 1.0 + settings.regression_tolerance
+        regressed = {
+            m: {"mae": round(s["mae"], 4), "approved_mae": round(approved[m], 4)}
+            for m, s in markets.items()
+            if m in approved and not s["mae"] < limit * approved[m]
+        }
+        out[CHECK_REGRESSION] = (
+            not regressed,
+            "beats the approved version in every market on the same test frames"
+            if not regressed
+            else f"does not beat the approved version in {sorted(regressed)}",
+            {"regressed": regressed, "approved_mae": approved},
+        )
+    gated = [s for s in report["slices"] if s["frames"] >= settings.min_slice_frames]
+    bad = [
+        f"{s['market']}:{s['tag']}={s['value']} ({s['mae_ratio']:.2f})"
+        for s in gated
+        if not s["mae_ratio"] <= settings.slice_max_mae_ratio
+    ]
+    out[CHECK_SLICES] = (
+        not bad,
+        f"every ODD slice with >= {settings.min_slice_frames} test frames has MAE <= "
+        f"{settings.slice_max_mae_ratio:g} x baseline" + (f"; failing: {', '.join(bad)}" if bad else ""),
+        {"failing_slices": bad, "slices_gated": len(gated)},
+    )
+    return out
+
+
+def _approved_mae(
+    tracking: MlflowTracking, name: str, test: SplitFrames, settings: TrainSettings
+) -> tuple[dict[str, float] | None, str | None]:
+    """Per-market test MAE of the current ``approved`` version, re-evaluated on *these* test frames."""
+    client = tracking.client()
+    approved = registry.alias_version(client, name, registry.APPROVED)
+    if approved is None:
+        return None, None
+    tracking.activate()
+    model = load_model(f"models:/{name}@{registry.APPROVED}")
+    spec = ImageSpec.from_json(approved.tags["image_spec"]) if "image_spec" in approved.tags else ImageSpec()
+    pred, _ = predict(model, test, spec, workers=settings.workers)
+    report = evaluate(pred, test, 0.0)
+    return {m: s["mae"] for m, s in report["markets"].items()}, str(approved.version)
+
+
+def _search_params(lake: Lake, market: str, params: TrainParams) -> tuple[TrainParams, dict[str, Any] | None]:
+    best = lake.read_json(search_best_params_path(market))
+    if not best:
+        return params, None
+    chosen = {k: best["params"][k] for k in SEARCHED_PARAMS if k in best.get("params", {})}
+    return replace(params, **chosen), best
+
+
+def train_market(
+    context: AssetExecutionContext,
+    market: str,
+    settings: TrainSettings,
+    lake: Lake,
+    tracking: MlflowTracking,
+) -> MaterializeResult:
+    markets = [market, *(m for m in settings.also_train_on if m != market)]
+    all_splits = {m: latest_splits(context, m) for m in markets}
+    splits = all_splits[market]
+    name = registry.model_name(market)
+    params = settings.params()
+    search = None
+    if settings.use_search_params:
+        params, search = _search_params(lake, market, params)
+    with contextlib.ExitStack() as stack:
+        opened = {m: stack.enter_context(manifest_files(lake, s)) for m, s in all_splits.items()}
+        manifest = pa.concat_tables([opened[m][0] for m in markets])
+        resolve = opened[market][1]  # resolves any lake-relative path
+        kw = {"markets": markets, "max_frames_per_drive": settings.max_frames_per_drive}
+        train_split = select_split(manifest, "train", resolve, **kw)
+        val_split = select_split(manifest, "val", resolve, **kw)
+        test_split = select_split(manifest, "test", resolve, markets=markets)
+        no_test = [m for m in markets if m not in set(test_split.table.column("market").to_pylist())]
+        if no_test:
+            raise Failure(f"no test frames to evaluate on in {', '.join(no_test)} (split manifests of {markets})")
+        tags = {
+            **version_tags(),
+            "manifest_sha256": splits["manifest_sha256"],
+            "manifest_path": splits["manifest_path"],
+            "split_version": splits["split_version"],
+            **{f"manifest_sha256.{m}": s["manifest_sha256"] for m, s in all_splits.items() if m != market},
+            "markets": ",".join(markets),
+            "dagster_run_id": context.run_id,
+            "dagster_asset_key": context.asset_key.to_user_string(),
+            "dagster_partition": context.partition_key if context.has_partition_key else "",
+            "target_column": train_split.target_column,
+            "image_spec": params.image.to_json(),
+        }
+        with tracking.run(f"{market}-trained_model-{context.run_id[:8]}", tags=tags) as run:
+            mlflow.log_params(
+                {
+                    **params.to_dict(),
+                    "train_frames": train_split.frames,
+                    "val_frames": val_split.frames,
+                    "test_frames": test_split.frames,
+                    "frames_without_target": train_split.dropped_no_target + test_split.dropped_no_target,
+                    "searched_params": bool(search),
+                }
+            )
+
+            def on_epoch(s: Any) -> None:
+                metrics = {"train_loss": s.train_loss, "train_frames_per_s": s.train_frames_per_s}
+                if s.val_mae is not None:
+                    metrics["val_mae"] = s.val_mae
+                mlflow.log_metrics(metrics, step=s.epoch)
+                context.log.info(f"epoch {s.epoch}: loss {s.train_loss:.4f}, {s.train_frames_per_s:.0f} frames/s")
+
+            result = train(train_split, val_split if val_split.frames else None, params, on_epoch)
+            pred, eval_s = predict(result.model, test_split, params.image, workers=params.workers)
+            report = evaluate(pred, test_split, result.target_mean)
+            metrics = {
+                "test_mae": report["overall"]["mae"],
+                "test_rmse": report["overall"]["rmse"],
+                "test_baseline_mae": report["overall"]["baseline_mae"],
+                "eval_frames_per_s": test_split.frames / eval_s,
+                "best_epoch": result.best_epoch,
+            }
+            for m, s in report["markets"].items():
+                metrics.update(
+                    {
+                        f"test_mae_{m}": s["mae"],
+                        f"test_rmse_{m}": s["rmse"],
+                        f"test_baseline_mae_{m}": s["baseline_mae"],
+                        f"test_mae_ratio_{m}": s["mae_ratio"],
+                    }
+                )
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(report, "evaluation.json")
+            mlflow.log_dict([vars(h) for h in result.history], "history.json")
+            if search:
+                mlflow.log_dict(search, "search_best_params.json")
+            example = _example(test_split, params.image)
+            version = log_model(result.model, params.image, example, name)
+            assert version is not None
+            client = tracking.client()
+            for k, v in {**tags, "mlflow_run_id": run.info.run_id}.items():
+                client.set_model_version_tag(name, version, k, v)
+            approved_mae, approved_version = _approved_mae(tracking, name, test_split, settings)
+            checks = gate(report, approved_mae, settings)
+            candidate = registry.record_gate(client, name, version, {k: v[0] for k, v in checks.items()})
+            mlflow.set_tags({"registered_model": name, "registered_version": version, "candidate": str(candidate)})
+    context.log.info(
+        f"{name} version {version}: test MAE {report['overall']['mae']:.3f} deg vs baseline "
+        f"{report['overall']['baseline_mae']:.3f}; "
+        + ("candidate, waiting for approval" if candidate else "not a candidate (gate failed)")
+    )
+    return MaterializeResult(
+        metadata={
+            "registered_model": name,
+            "version": version,
+            "candidate": candidate,
+            "mlflow_run_id": run.info.run_id,
+            "manifest_sha256": splits["manifest_sha256"],
+            "split_version": splits["split_version"],
+            "code_version": code_version(),
+            "approved_version": approved_version or "",
+            "test_mae": report["overall"]["mae"],
+            "test_baseline_mae": report["overall"]["baseline_mae"],
+            "train_frames": train_split.frames,
+            "test_frames": test_split.frames,
+            "trained_on_markets": MetadataValue.json(markets),
+            "markets": MetadataValue.md(_market_table(report, approved_mae)),
+            "odd_slices": MetadataValue.md(_slice_table(report)),
+            "history": MetadataValue.json([vars(h) for h in result.history]),
+            "params": MetadataValue.json(params.to_dict()),
+            "search": MetadataValue.json(search or {}),
+            "approve_with": f"python -m ad_platform approve {name} {version} --by NAME --note TEXT",
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name=check,
+                passed=passed,
+                severity=AssetCheckSeverity.ERROR,
+                description=description,
+                metadata={
+                    "model_version": version,
+                    **{k: MetadataValue.json(v) if isinstance(v, dict | list) else v for k, v in meta.items()},
+                },
+            )
+            for check, (passed, description, meta) in checks.items()
+        ],
+    )
+
+
+def _example(split: SplitFrames, spec: ImageSpec) -> np.ndarray:
+    from ad_core.train.data import CameraFrames
+
+    it = iter(CameraFrames(split.drives[:1], spec))
+    return np.stack([next(it)[0].float().div(255).numpy() for _ in range(2)])
+
+
+class SearchSettings(Config):
+    n_trials: int = Field(default=8, description="Optuna trials (each a nested MLflow run).")
+    epochs: int = Field(default=2, description="Epochs per trial.")
+    max_frames_per_drive: int | None = Field(default=300, description="Frames per drive per trial (None: all).")
+    seed: int = 0
+    workers: int = 1
+    threads: int = 2
+
+
+def _holdout(split: SplitFrames, share: float = 0.2) -> tuple[SplitFrames, SplitFrames]:
+    """Without a val split: the last ``share`` of every train drive (time-contiguous) validates the trials."""
+    fit, hold = [], []
+    for d in split.drives:
+        cut = int(len(d.frame_index) * (1 - share))
+        fit.append(replace(d, frame_index=d.frame_index[:cut], rows=d.rows[:cut], target=d.target[:cut]))
+        hold.append(replace(d, frame_index=d.frame_index[cut:], rows=d.rows[cut:], target=d.target[cut:]))
+    return replace(split, drives=fit), replace(split, split="holdout", drives=hold)
+
+
+def search_market(
+    context: AssetExecutionContext, market: str, settings: SearchSettings, lake: Lake, tracking: MlflowTracking
+) -> MaterializeResult:
+    splits = latest_splits(context, market)
+    with manifest_files(lake, splits) as (manifest, resolve):
+        kw = {"markets": [market], "max_frames_per_drive": settings.max_frames_per_drive}
+        fit = select_split(manifest, "train", resolve, **kw)
+        val = select_split(manifest, "val", resolve, **kw)
+        validation = "val split"
+        if val.frames == 0:
+            fit, val = _holdout(fit)
+            validation = "last 20 % of every train drive (no val split)"
+        val_targets = np.zeros(0, np.float32)
+        if val.frames:
+            val_targets = np.concatenate([d.target for d in val.drives])
+        tags = {
+            **version_tags(),
+            "manifest_sha256": splits["manifest_sha256"],
+            "markets": market,
+            "dagster_run_id": context.run_id,
+            "validation": validation,
+        }
+        trials: list[dict[str, Any]] = []
+        with tracking.run(f"{market}-model_search-{context.run_id[:8]}", tags=tags) as parent:
+            mlflow.log_params(
+                {
+                    "n_trials": settings.n_trials,
+                    "epochs": settings.epochs,
+                    "max_frames_per_drive": settings.max_frames_per_drive,
+                    "seed": settings.seed,
+                }
+            )
+
+            def objective(trial: optuna.Trial) -> float:
+                chosen = {
+                    "learning_rate": trial.suggest_float("learning_rate", 2e-4, 3e-3, log=True),
+                    "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+                    "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+                    "batch_size": trial.suggest_categorical("batch_size", [32, 64]),
+                }
+                params = TrainParams(
+                    epochs=settings.epochs,
+                    seed=settings.seed,
+                    workers=settings.workers,
+                    threads=settings.threads,
+                    **chosen,
+                )
+                with tracking.run(f"trial-{trial.number}", tags={"optuna_trial": str(trial.number)}, nested=True):
+                    mlflow.log_params(chosen)
+                    result = train(fit, None, params)
+                    pred = _predict_drives(result.model, val, params.image, settings.workers)
+                    mae = float(np.mean(np.abs(pred - val_targets)))
+                    mlflow.log_metric("val_mae", mae)
+                trials.append({"trial": trial.number, **chosen, "val_mae": mae})
+                context.log.info(f"trial {trial.number}: val MAE {mae:.4f} with {chosen}")
+                return mae
+
+            study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study.optimize(objective, n_trials=settings.n_trials)
+            best = {
+                "params": study.best_params,
+                "val_mae": study.best_value,
+                "trial": study.best_trial.number,
+                "mlflow_run_id": parent.info.run_id,
+                "manifest_sha256": splits["manifest_sha256"],
+                "validation": validation,
+            }
+            mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
+            mlflow.log_metric("best_val_mae", study.best_value)
+            mlflow.log_dict(trials, "trials.json")
+    lake.write_json(search_best_params_path(market), best)
+    table = "| trial | lr | weight decay | dropout | batch | val MAE |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {t['trial']} | {t['learning_rate']:.2e} | {t['weight_decay']:.1e} | {t['dropout']:.2f} | "
+        f"{t['batch_size']} | {t['val_mae']:.4f} |"
+        for t in trials
+    )
+    return MaterializeResult(
+        metadata={
+            "best_params": MetadataValue.json(study.best_params),
+            "best_val_mae": study.best_value,
+            "best_trial": study.best_trial.number,
+            "trials": MetadataValue.md(table),
+            "mlflow_parent_run_id": parent.info.run_id,
+            "validation": validation,
+            "manifest_sha256": splits["manifest_sha256"],
+        }
+    )
+
+
+def _predict_drives(model: Any, split: SplitFrames, spec: ImageSpec, workers: int) -> np.ndarray:
+    """Predictions in drive order (the holdout's rows are not a frame table of their own)."""
+    flat = replace(split, table=pa.table({"i": np.arange(sum(len(d.rows) for d in split.drives))}))
+    drives, start = [], 0
+    for d in split.drives:
+        drives.append(replace(d, rows=np.arange(start, start + len(d.rows))))
+        start += len(d.rows)
+    pred, _ = predict(model, replace(flat, drives=drives), spec, workers=workers)
+    return pred
+
+
+def definitions(market: str) -> Definitions:
+    key = TRAINED_MODEL.key(market)
+
+    @asset(
+        **stage_asset_args(TRAINED_MODEL, market),
+        check_specs=[
+            AssetCheckSpec(
+                CHECK_BASELINE,
+                asset=key,
+                blocking=True,
+                description="Test MAE of steering at most max_mae_ratio (0.5) x the train-mean baseline's, "
+                "in every market.",
+            ),
+            AssetCheckSpec(
+                CHECK_REGRESSION,
+                asset=key,
+                blocking=True,
+                description="Beats the registry's approved version in every market, both evaluated on the "
+                "same test frames (within regression_tolerance).",
+            ),
+            AssetCheckSpec(
+                CHECK_SLICES,
+                asset=key,
+                blocking=True,
+                description="Every ODD slice (road type, time of day, weather) with enough test frames "
+                "beats the baseline (MAE <= slice_max_mae_ratio x baseline).",
+            ),
+        ],
+        kinds={"pytorch", "mlflow"},
+        description=f"The {market.upper()} steering model: a PilotNet-sized CNN trained on the train split of the "
+        f"latest {market}/curated_splits manifest, evaluated per market and ODD slice on its test split, logged to "
+        "MLflow "
+        "and registered with the manifest sha256 and code version. Passing every gate check sets the `candidate` "
+        "alias; `approved` is set only by `python -m ad_platform approve` (docs/models.md).",
+    )
+    def trained_model(
+        context: AssetExecutionContext, config: TrainSettings, lake: Lake, mlflow_tracking: MlflowTracking
+    ) -> MaterializeResult:
+        return train_market(context, market, config, lake, mlflow_tracking)
+
+    @asset(
+        **stage_asset_args(MODEL_SEARCH, market),
+        kinds={"optuna", "mlflow"},
+        description=f"Hyper-parameter search for the {market.upper()} steering model: n_trials short Optuna (TPE) "
+        "trials, each a nested MLflow run under one parent; the best params are written to the lake and taken by "
+        f"{market}/trained_model (use_search_params).",
+    )
+    def model_search(
+        context: AssetExecutionContext, config: SearchSettings, lake: Lake, mlflow_tracking: MlflowTracking
+    ) -> MaterializeResult:
+        return search_market(context, market, config, lake, mlflow_tracking)
+
+    return Definitions(assets=[model_search, trained_model])

@@ -1,0 +1,212 @@
+"""Trained models: real materializations on a generated, synced fleet, a real MLflow store (SQLite + an artifact
+folder under the test's tmp dir), the registry's aliases, the approval CLI and its audit record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+
+from ad_assets import models
+from ad_common.lake_layout import MODEL_APPROVALS, search_best_params_path
+from ad_core.train.mlflow_io import load_model
+from ad_platform.cli import main as cli
+from ad_resources.catalog import DuckDBCatalog
+from ad_resources.lake import LocalLake
+from ad_resources.tracking import MlflowTracking, local_tracking
+from tests.support.splits import assign_splits, lake_view, publish_splits
+
+KEY, SEARCH = AssetKey(["de", "trained_model"]), AssetKey(["de", "model_search"])
+NAME = "steering-de"
+# Tiny: 48 frames per drive, 2 epochs: seconds on 2 shared cores. Gate thresholds loose (the model barely
+# trains); the regression check is the one exercised.
+TINY = {
+    "epochs": 2,
+    "max_frames_per_drive": 48,
+    "use_search_params": False,
+    "max_mae_ratio": 100.0,
+    "slice_max_mae_ratio": 100.0,
+}
+
+
+@pytest.fixture
+def env(de_fleet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    state = tmp_path / ".state"
+    lake = lake_view(de_fleet, state)
+    monkeypatch.setenv("AD_STATE_DIR", str(state))  # the CLI finds the same MLflow store and lake
+    monkeypatch.setenv("AD_LAKE_DIR", str(lake))
+    monkeypatch.delenv("AD_MLFLOW_TRACKING_URI", raising=False)
+    return {"state": state, "lake": lake, "tracking": local_tracking(state)}
+
+
+def _splits(lake: Path) -> dict[str, str]:
+    drives = sorted(p.name for p in (lake / "synced" / "de").iterdir())
+    return dict(zip(drives, ("train", "val", "test"), strict=True))
+
+
+def _materialize(instance: DagsterInstance, env: dict[str, object], key: AssetKey = KEY, **config: object):  # type: ignore[no-untyped-def]
+    assets = models.definitions("de").assets
+    return materialize(
+        assets,
+        selection=[key],
+        instance=instance,
+        raise_on_error=False,
+        run_config={"ops": {f"de__{key.path[-1]}": {"config": {**config}}}},
+        resources={"lake": LocalLake(root=str(env["lake"])), "mlflow_tracking": env["tracking"]},
+    )
+
+
+def _checks(result) -> dict[str, bool]:  # type: ignore[no-untyped-def]
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_train_register_approve_load_by_alias_then_a_retrain_that_does_not_beat_it_is_refused(
+    env: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracking: MlflowTracking = env["tracking"]  # type: ignore[assignment]
+    lake: Path = env["lake"]  # type: ignore[assignment]
+    with instance_for_test() as instance:
+        sha = publish_splits(instance, lake, "de", "v1", splits=_splits(lake), exclude={})
+        first = _materialize(instance, env, **TINY)
+        assert first.success
+        assert _checks(first) == {
+            "test_mae_vs_baseline": True,
+            "no_regression_vs_approved": True,
+            "odd_slices_beat_baseline": True,
+        }
+        meta = first.get_asset_materialization_events()[0].materialization.metadata
+        assert meta["version"].value == "1" and meta["candidate"].value is True
+        assert meta["manifest_sha256"].value == sha
+
+        client = tracking.client()
+        v1 = client.get_model_version(NAME, "1")
+        assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
+        assert v1.tags["manifest_sha256"] == sha and v1.tags["split_version"] == "v1"
+        assert v1.tags["code_version"].startswith("trainer-") and "decoder-" in v1.tags["code_version"]
+        run = client.get_run(v1.run_id)
+        assert run.info.status == "FINISHED"  # ended explicitly, not left RUNNING
+        assert run.data.tags["dagster_run_id"] == first.run_id
+        assert run.data.params["train_frames"] == "48" and run.data.params["epochs"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mae")] == [0, 1]
+        mae = run.data.metrics["test_mae_de"]
+        assert mae > 0 and run.data.metrics["test_baseline_mae_de"] > 0
+        assert meta["test_frames"].value == int(run.data.params["test_frames"]) > 0
+
+        # The human gate: approve v1 (audited in MLflow tags and the catalog), then load it by alias.
+        assert cli(["approve", NAME, "1", "--by", "alice", "--note", "first steering model"]) == 0
+        assert str(client.get_model_version_by_alias(NAME, "approved").version) == "1"
+        assert client.get_model_version(NAME, "1").tags["approval.by"] == "alice"
+        catalog = DuckDBCatalog(path=str(env["state"] / "catalog.duckdb"), lake=LocalLake(root=str(lake)))
+        rows = catalog.query(
+            "SELECT model, version, action, actor, note, manifest_sha256, metrics FROM model_approvals"
+        )
+        assert rows[0][:6] == (NAME, "1", "approve", "alice", "first steering model", sha)
+        assert json.loads(rows[0][6])["test_mae_de"] == pytest.approx(mae)
+
+        tracking.activate()
+        model = load_model(f"models:/{NAME}@approved")
+        batch = torch.rand(5, 3, 66, 200)  # the input example held 2 frames: the batch size is not frozen
+        out = model(batch)
+        assert tuple(out.shape) == (5,) and torch.isfinite(out).all()
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@approved")
+        assert np.asarray(pyfunc.predict(batch.numpy()[:3])).shape == (3,)
+
+        # Retraining on the same manifest and code gives the same metrics (deterministic) ...
+        second = _materialize(instance, env, **TINY)
+        v2 = client.get_model_version(NAME, "2")
+        assert client.get_run(v2.run_id).data.metrics["test_mae_de"] == mae
+        # ... so it does not beat the approved version: the blocking gate fails the run, no candidate alias.
+        assert not second.success
+        assert _checks(second)["no_regression_vs_approved"] is False
+        assert v2.tags["gate.status"] == "failed" and v2.tags["gate.no_regression_vs_approved"] == "failed"
+        assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
+        assert client.get_run(v2.run_id).info.status == "FINISHED"
+        assert cli(["approve", NAME, "2", "--by", "mallory", "--note", "ship it"]) == 2
+        assert "failed gate checks: no_regression_vs_approved" in capsys.readouterr().err
+        assert str(client.get_model_version_by_alias(NAME, "approved").version) == "1"
+
+        # Rollback: nothing was approved before v1, so the alias goes; audited too.
+        assert cli(["rollback", NAME, "--by", "bob", "--note", "regression found on the road"]) == 0
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            client.get_model_version_by_alias(NAME, "approved")
+        actions = catalog.query("SELECT action, actor FROM model_approvals ORDER BY at_ns")
+        assert actions == [("approve", "alice"), ("rollback", "bob")]
+        assert len(LocalLake(root=str(lake)).list_files(MODEL_APPROVALS.folder, ".parquet")) == 2
+
+
+def test_training_without_curated_splits_fails_naming_the_missing_asset(env: dict[str, object]) -> None:
+    with instance_for_test() as instance:
+        result = _materialize(instance, env, **TINY)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
+    assert "de/curated_splits has never been materialized" in failure
+
+
+def test_a_manifest_changed_after_it_was_recorded_is_refused(env: dict[str, object]) -> None:
+    lake: Path = env["lake"]  # type: ignore[assignment]
+    with instance_for_test() as instance:
+        publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
+        with open(lake / "splits/de/v1/manifest.parquet", "ab") as fh:
+            fh.write(b"x")
+        result = _materialize(instance, env, **TINY)
+    assert not result.success
+    message = result.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
+    assert "changed since curated_splits recorded it" in message
+
+
+def test_hpo_search_logs_nested_trials_and_its_best_params_feed_training(env: dict[str, object]) -> None:
+    tracking: MlflowTracking = env["tracking"]  # type: ignore[assignment]
+    lake: Path = env["lake"]  # type: ignore[assignment]
+    with instance_for_test() as instance:
+        publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
+        search = _materialize(instance, env, SEARCH, n_trials=2, epochs=1, max_frames_per_drive=32)
+        assert search.success
+        meta = search.get_asset_materialization_events()[0].materialization.metadata
+        best = json.loads((lake / search_best_params_path("de")).read_text())
+        assert best["params"] == meta["best_params"].value and set(best["params"]) == set(models.SEARCHED_PARAMS)
+        client = tracking.client()
+        parent = client.get_run(meta["mlflow_parent_run_id"].value)
+        assert parent.info.status == "FINISHED"
+        children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+        assert sorted(c.data.metrics["val_mae"] for c in children)[0] == pytest.approx(best["val_mae"])
+
+        trained = _materialize(instance, env, **{**TINY, "use_search_params": True})
+        assert trained.success
+        params = trained.get_asset_materialization_events()[0].materialization.metadata["params"].value
+        assert params["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
+        assert params["batch_size"] == best["params"]["batch_size"]
+
+
+def test_a_model_can_also_train_on_other_markets_and_is_gated_in_each(env: dict[str, object]) -> None:
+    tracking: MlflowTracking = env["tracking"]  # type: ignore[assignment]
+    lake: Path = env["lake"]  # type: ignore[assignment]
+    for folder in ("synced", "decoded"):  # the same drives as a second market, "us"
+        (lake / folder / "us").symlink_to(lake / folder / "de", target_is_directory=True)
+    with instance_for_test() as instance:
+        de_sha = publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
+        us_sha = publish_splits(instance, lake, "us", "v1", splits=_splits(lake))
+        result = _materialize(instance, env, **TINY, also_train_on=["us"])
+        assert result.success
+        meta = result.get_asset_materialization_events()[0].materialization.metadata
+        assert meta["trained_on_markets"].value == ["de", "us"] and meta["train_frames"].value == 96
+        version = tracking.client().get_model_version(NAME, meta["version"].value)
+        assert version.tags["markets"] == "de,us"
+        assert (version.tags["manifest_sha256"], version.tags["manifest_sha256.us"]) == (de_sha, us_sha)
+        metrics = tracking.client().get_run(version.run_id).data.metrics
+        assert {"test_mae_de", "test_mae_us"} <= set(metrics)
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "test_mae_vs_baseline")
+        assert set(check.metadata["mae_ratio"].value) == {"de", "us"}
+
+
+def test_hash_assignment_gives_small_markets_a_test_drive() -> None:
+    assert sorted(assign_splits(["a", "b"]).values()) == ["test", "train"]
+    five = assign_splits([f"d{i}" for i in range(5)])
+    assert sorted(five.values()) == ["test", "train", "train", "train", "val"]
+    assert assign_splits([f"d{i}" for i in range(5)]) == five
