@@ -4,7 +4,6 @@ a Qualcomm AI Hub compile + profile for a Snapdragon device. Every engine is nam
 in the catalog with its lineage down to the raw files (``engines``, ``engine_lineage``).
 """
 
-from __future__ import annotations
 
 import contextlib
 import json
@@ -152,9 +151,7 @@ def build_onnx(
             atol=settings.parity_atol,
             mae_tolerance=settings.mae_tolerance,
         )
-        latency = parity.ort_latency(
-            engine.path, example, runs=settings.latency_runs, threads=settings.latency_threads
-        )
+        latency = parity.ort_latency(engine.path, example, runs=settings.latency_runs, threads=settings.latency_threads)
         folder = engine_dir(market, ONNX_TARGET, engine.sha256)
         full_report = {
             "engine": {k: str(v) if isinstance(v, Path) else v for k, v in vars(engine).items() if k != "path"},

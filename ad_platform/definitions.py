@@ -15,7 +15,7 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import decoded, drift, models, raw, synced
+from ad_assets import decoded, drift, engines, models, raw, synced
 from ad_common import settings
 from ad_common.markets import MARKETS
 from ad_common.stages import JOBS, LATENESS_SLO, JobSpec, alerted_asset_keys, job_asset_keys, stage_run_tags
@@ -57,6 +57,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             synced.definitions(market, lateness_slo=lateness_slo),
             drift.definitions(market),
             models.definitions(market),
+            engines.definitions(market),
         )
     ]
     jobs = {spec.name: _jobs(spec) for spec in JOBS}

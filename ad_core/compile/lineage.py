@@ -151,7 +151,7 @@ def chain_digest(chain: pa.Table) -> str:
     import hashlib
 
     cols = ["manifest_sha256", "market", "drive_id", "synced_sha256", "dbc_files", "raw_file", "raw_sha256"]
-    t = chain.select(cols).sort_by([(c, "ascending") for c in cols[1:3] + ["raw_file"]])
+    t = chain.select(cols).sort_by([(c, "ascending") for c in [*cols[1:3], "raw_file"]])
     return hashlib.sha256(json.dumps(t.to_pylist(), sort_keys=True).encode()).hexdigest()
 
 
@@ -160,4 +160,5 @@ def split_frames(chain: pa.Table) -> dict[str, int]:
     if drives.num_rows == 0:
         return {}
     agg = drives.group_by("split").aggregate([("frames", "sum")])
-    return dict(zip(agg.column("split").to_pylist(), pc.cast(agg.column("frames_sum"), pa.int64()).to_pylist()))
+    counts = pc.cast(agg.column("frames_sum"), pa.int64()).to_pylist()
+    return dict(zip(agg.column("split").to_pylist(), counts, strict=True))

@@ -85,7 +85,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
 def export(program: torch.export.ExportedProgram | torch.nn.Module, out: Path, example: np.ndarray) -> OnnxEngine:
     """Export to ``out`` (dynamic batch), check it with ``onnx.checker`` (full check, shape inference) and hash it.
 
-    ``example`` (float32 N×3×H×W, N >= 2) is used only for an ``nn.Module``: an ``ExportedProgram`` carries its
+    ``example`` (float32 Nx3xHxW, N >= 2) is used only for an ``nn.Module``: an ``ExportedProgram`` carries its
     own (dynamic) shapes.
     """
     args = (torch.from_numpy(np.ascontiguousarray(example, np.float32)),)

@@ -124,7 +124,7 @@ def compare(
 
 
 def first_frames(split: SplitFrames, spec: ImageSpec, n: int) -> np.ndarray:
-    """The first ``n`` frames of the split as model input (float32 N×3×H×W in [0, 1])."""
+    """The first ``n`` frames of the split as model input (float32 Nx3xHxW in [0, 1])."""
     images, _y, _rows = next(iter(frames(split, spec, n)))
     return images.float().div_(255.0).numpy()
 
