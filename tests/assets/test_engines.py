@@ -155,8 +155,8 @@ def test_approved_model_to_onnx_engine_with_parity_latency_and_complete_lineage_
         # The same chain in the catalog (DuckDB views over the records the asset wrote).
         catalog = DuckDBCatalog(path=str(env["state"] / "catalog.duckdb"), lake=LocalLake(root=str(lake)))
         rows = catalog.query(
-            f"SELECT count(*), count(DISTINCT drive_id), count(raw_sha256), min(model_version) FROM {ENGINE_LINEAGE.name} "
-            "WHERE engine_sha256 = ?",
+            "SELECT count(*), count(DISTINCT drive_id), count(raw_sha256), min(model_version) "
+            f"FROM {ENGINE_LINEAGE.name} WHERE engine_sha256 = ?",
             [sha],
         )
         assert rows[0][1:] == (3, rows[0][0], "1") and rows[0][0] >= 3

@@ -37,6 +37,7 @@ class StandIn:
     device: str
     s3: Any
     requests: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, pb.Job] = field(default_factory=dict)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -96,13 +97,20 @@ class _Handler(BaseHTTPRequestHandler):
             upload = hub.s3.create_multipart_upload(Bucket=BUCKET, Key=hub.models[mid]["key"])
             url = hub.s3.generate_presigned_url(
                 "upload_part",
-                Params={"Bucket": BUCKET, "Key": hub.models[mid]["key"], "UploadId": upload["UploadId"], "PartNumber": 1},
+                Params={
+                    "Bucket": BUCKET,
+                    "Key": hub.models[mid]["key"],
+                    "UploadId": upload["UploadId"],
+                    "PartNumber": 1,
+                },
                 ExpiresIn=600,
             )
             size = int(query.get("file_size", ["0"])[0])
             self._send(
                 pb.FileUploadResponse(
-                    multipart_url=pb.FileMultipartUploadURL(urls=[url], upload_id=upload["UploadId"], max_part_size=max(size, 1))
+                    multipart_url=pb.FileMultipartUploadURL(
+                        urls=[url], upload_id=upload["UploadId"], max_part_size=max(size, 1)
+                    )
                 )
             )
         elif method == "POST" and (m := re.fullmatch(r"models/(\w+)/multipart_upload", route)):
@@ -121,7 +129,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "GET" and (m := re.fullmatch(r"models/(\w+)/download", route)):
             mid = m.group(1)
             name = hub.models[mid]["pb"].name or f"{mid}.bin"
-            self._send(pb.FileDownloadResponse(url=pb.FileDownloadURL(url=hub.download_url(hub.models[mid]["key"]), filename=name)))
+            self._send(
+                pb.FileDownloadResponse(
+                    url=pb.FileDownloadURL(url=hub.download_url(hub.models[mid]["key"]), filename=name)
+                )
+            )
         elif method == "POST" and route == "jobs":
             job = pb.Job()
             job.ParseFromString(body)
@@ -134,7 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
             target = hub.jobs[m.group(1)].compile_job.target_model.model_id
             self._send(
                 pb.FileDownloadResponse(
-                    url=pb.FileDownloadURL(url=hub.download_url(hub.models[target]["key"]), filename=hub.models[target]["pb"].name)
+                    url=pb.FileDownloadURL(
+                        url=hub.download_url(hub.models[target]["key"]), filename=hub.models[target]["pb"].name
+                    )
                 )
             )
         else:
@@ -153,25 +167,32 @@ class _Handler(BaseHTTPRequestHandler):
         if job.HasField("compile_job"):
             cj = job.compile_job
             source = hub.s3.get_object(Bucket=BUCKET, Key=hub.models[cj.model.model_id]["key"])["Body"].read()
-            blob = b"AIHUB-STANDIN-QNN-CONTEXT\n" + f"{cj.device.name}\n{cj.options}\n".encode() + hashlib.sha256(source).digest()
+            blob = (
+                b"AIHUB-STANDIN-QNN-CONTEXT\n"
+                + f"{cj.device.name}\n{cj.options}\n".encode()
+                + hashlib.sha256(source).digest()
+            )
             tid = hub.new_id("m")
-            hub.models[tid] = {"pb": pb.Model(name="steering.bin", model_type=pb.MODEL_TYPE_QNN_CONTEXT_BINARY), "key": f"models/{tid}"}
+            hub.models[tid] = {
+                "pb": pb.Model(name="steering.bin", model_type=pb.MODEL_TYPE_QNN_CONTEXT_BINARY),
+                "key": f"models/{tid}",
+            }
             hub.s3.put_object(Bucket=BUCKET, Key=f"models/{tid}", Body=blob)
             cj.compile_job_id = jid
             cj.job_state = pb.JOB_STATE_DONE
             cj.model.CopyFrom(self._model(cj.model.model_id))
             cj.target_model.CopyFrom(self._model(tid))
             cj.device.CopyFrom(_device(cj.device.name or hub.device))
-        elif job.HasField("profile_job"):
-            profile = job.profile_job
-            profile.profile_job_id = jid
+        elif job.HasField("inference_job") and job.inference_job.is_profiling_on:
+            # qai-hub 0.56 submits a profile job as an inference job with profiling on (public_rest_api.py)
+            profile = job.inference_job
+            profile.inference_job_id = jid
             profile.job_state = pb.JOB_STATE_DONE
             profile.model.CopyFrom(self._model(profile.model.model_id))
             profile.device.CopyFrom(_device(profile.device.name or hub.device))
             profile.execution_time = INFERENCE_US
-            profile.peak_memory_usage = PEAK_BYTES
         else:
-            raise ValueError("stand-in: only compile and profile jobs")
+            raise ValueError(f"stand-in: only compile and profile jobs, not {job}")
         hub.jobs[jid] = job
         return jid
 
@@ -187,16 +208,25 @@ class _Handler(BaseHTTPRequestHandler):
             cold_load_time=20_000,
             warm_load_time=5_000,
         )
-        return pb.JobResult(profile_job_result=pb.ProfileJobResult(profile_job_id=jid, profile=detail))
+        return pb.JobResult(inference_job_result=pb.InferenceJobResult(inference_job_id=jid, detail=detail))
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._route("GET")
+    def _safe(self, method: str) -> None:
+        try:
+            self._route(method)
+        except Exception as exc:  # a stand-in bug must answer 500 with the reason, not drop the connection
+            import traceback
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._route("POST")
+            self.hub.errors.append(traceback.format_exc())
+            self._send(None, 500, f"stand-in error: {exc!r}")
 
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._route("PATCH")
+    def do_GET(self) -> None:
+        self._safe("GET")
+
+    def do_POST(self) -> None:
+        self._safe("POST")
+
+    def do_PATCH(self) -> None:
+        self._safe("PATCH")
 
 
 @contextmanager
