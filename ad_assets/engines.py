@@ -4,7 +4,6 @@ a Qualcomm AI Hub compile + profile for a Snapdragon device. Every engine is nam
 in the catalog with its lineage down to the raw files (``engines``, ``engine_lineage``).
 """
 
-
 import contextlib
 import json
 import shutil
