@@ -22,6 +22,10 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     catalog/drive_checks/<market>/<drive_id>@<stage>.parquet  a per-drive stage's asset-check outcomes for one drive
     catalog/model_approvals/<model>/<at_ns>-v<version>.parquet   approve/rollback CLI: the gate's audit trail
     models/<market>/search/best_params.json                 model_search: the best trial's params
+    engines/<market>/<target>/<sha256>/engine.<ext>          compiled engines (onnx-cpu, tensorrt-<gpu>-<precision>,
+    engines/<market>/<target>/<sha256>/report.json              qnn-<device>): engine, parity/latency/profile report
+    catalog/engines/<market>/<target>-<sha256>.parquet     one row per built engine: model version, run, manifest
+    catalog/engine_lineage/<market>/<target>-<sha256>.parquet   the engine's chain down to raw files (one row per file)
 
 Names starting with ``.`` are a backend's temporaries (atomic writes) and never part of a listing;
 :func:`is_hidden` decides that on the lake-relative path, never on the absolute one (the embedded default
@@ -78,6 +82,16 @@ def split_review_dir(market: str, split_version: str) -> str:
 def search_best_params_path(market: str) -> str:
     """The best hyper-parameters of the market's latest model search (read by trained_model)."""
     return f"models/{market}/search/best_params.json"
+
+
+def engine_dir(market: str, target: str, sha256: str) -> str:
+    """The folder of one compiled engine, named by its content sha256 (its identity)."""
+    return f"engines/{market}/{target}/{sha256}"
+
+
+def engine_record_key(target: str, sha256: str) -> str:
+    """The file stem of an engine's catalog records (``ENGINES.path(market, key)``)."""
+    return f"{target}-{sha256}"
 
 
 def drift_reference_path(market: str) -> str:
@@ -328,6 +342,82 @@ def drive_checks_path(market: str, drive_id: str, stage: str) -> str:
     return f"{DRIVE_CHECKS.folder}/{market}/{drive_id}@{stage}.{DRIVE_CHECKS.file_format}"
 
 
+# Compiled engines (docs/engines.md): one file per engine, written by the engine assets.
+ENGINES = CatalogRecord(
+    name="engines",
+    description="One row per compiled engine: target, sha256, size, the model version and MLflow run it was "
+    "built from, whether that version was approved at build time, parity and latency.",
+    folder="catalog/engines",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("target", pa.string()),  # onnx-cpu | tensorrt-<gpu>-<precision> | qnn-<device>
+            ("engine_sha256", pa.string()),
+            ("engine_path", pa.string()),  # lake-relative
+            ("size_bytes", pa.int64()),
+            ("source_engine_sha256", pa.string()),  # the ONNX engine a device engine was compiled from
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("model_alias_at_build", pa.string()),
+            ("mlflow_run_id", pa.string()),
+            ("manifest_sha256", pa.string()),
+            ("manifest_path", pa.string()),
+            ("code_version", pa.string()),
+            ("built_at", pa.string()),
+            ("built_at_ns", pa.int64()),
+            ("parity_passed", pa.bool_()),
+            ("parity_max_abs_diff", pa.float64()),
+            ("parity_mean_abs_diff", pa.float64()),
+            ("mae_reference", pa.float64()),
+            ("mae_engine", pa.float64()),
+            ("latency_p50_ms", pa.float64()),
+            ("latency_p99_ms", pa.float64()),
+            ("latency_where", pa.string()),
+            ("report", pa.string()),  # JSON: the full parity / latency / profile report
+        ]
+    ),
+)
+
+# The lineage of one engine, resolved when it was built: one row per raw file of every drive whose frames its
+# model's split manifest lists. dbt_metadata/ models this (docs/engines.md); `python -m ad_platform lineage`
+# prints the same chain, resolved from the current lake and registry.
+ENGINE_LINEAGE = CatalogRecord(
+    name="engine_lineage",
+    description="Engine -> model version and MLflow run -> split manifest -> drive (frames per split) -> synced "
+    "frames -> decoded tables (decoder and DBC versions) -> raw file with its sha256; one row per raw file.",
+    folder="catalog/engine_lineage",
+    schema=pa.schema(
+        [
+            ("engine_sha256", pa.string()),
+            ("target", pa.string()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("mlflow_run_id", pa.string()),
+            ("manifest_sha256", pa.string()),
+            ("manifest_path", pa.string()),
+            ("market", pa.string()),
+            ("drive_id", pa.string()),
+            ("drive_version", pa.int64()),
+            ("drive_fingerprint", pa.string()),
+            ("split", pa.string()),
+            ("frames", pa.int64()),
+            ("excluded_frames", pa.int64()),
+            ("synced_path", pa.string()),
+            ("synced_sha256", pa.string()),
+            ("synced_sha256_now", pa.string()),  # the file's hash when the lineage was resolved
+            ("decoded_path", pa.string()),
+            ("decoded_tables", pa.int64()),
+            ("decoder_versions", pa.string()),  # comma-separated, sorted
+            ("dbc_files", pa.string()),  # JSON {dbc file: sha256} the CAN tables were decoded with
+            ("sensor_profile", pa.string()),  # JSON {stream: {kind, rate_hz, rows}} of the decoded tables
+            ("raw_file", pa.string()),
+            ("raw_kind", pa.string()),
+            ("raw_size_bytes", pa.int64()),
+            ("raw_sha256", pa.string()),
+        ]
+    ),
+)
+
 CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     RAW_FILES,
     DECODED_STREAMS,
@@ -337,4 +427,6 @@ CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     SPLIT_ASSIGNMENTS,
     DRIVE_CHECKS,
     MODEL_APPROVALS,
+    ENGINES,
+    ENGINE_LINEAGE,
 )

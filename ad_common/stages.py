@@ -331,7 +331,28 @@ SEARCH_JOB = JobSpec(
     description="Hyper-parameter search (Optuna) for the {market} steering model: N short trials as nested MLflow "
     "runs under one parent; the best trial's params feed the trained_model asset.",
 )
-JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB, TRAIN_JOB, SEARCH_JOB)
+ONNX_JOB = JobSpec(
+    name="compile_onnx",
+    per_market=True,
+    run_stage="compile",
+    description="Export the {market} steering model's `approved` version to ONNX (onnx-cpu), with its blocking "
+    "parity check against the registered PyTorch model on the test split and its CPU latency.",
+)
+TENSORRT_JOB = JobSpec(
+    name="compile_tensorrt",
+    per_market=True,
+    run_stage="compile",
+    description="Build TensorRT engines (FP16, INT8 calibrated on val frames) of the {market} ONNX engine on the GPU "
+    "pool; runs only where the tensorrt Python package imports.",
+)
+QNN_JOB = JobSpec(
+    name="compile_qnn",
+    per_market=True,
+    run_stage="compile",
+    description="Compile and profile the {market} ONNX engine for a Snapdragon device on Qualcomm AI Hub "
+    "(needs an AI Hub API token).",
+)
+JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB, TRAIN_JOB, SEARCH_JOB, ONNX_JOB, TENSORRT_JOB, QNN_JOB)
 # The dbt metadata catalog (group "catalog", ad_assets/metadata_catalog.py): not a stage of the table, its assets
 # are the dbt models. Hourly, after the market assets (:17) have written the splits.
 METADATA_CATALOG_JOB = JobSpec(
@@ -428,6 +449,38 @@ MODEL_SEARCH = AssetStage(
     alerted=False,
     freshness=False,
 )
+# Stage 6, compiled engines (docs/engines.md): all run in the compile pod (GPU pool, ad-platform-compile
+# service account, the one allowed to write engines). ONNX export is the source of the device engines.
+ONNX_ENGINE = AssetStage(
+    "onnx_engine",
+    group="engines",
+    pod="compile",
+    job=ONNX_JOB,
+    per_drive=False,
+    upstream=(TRAINED_MODEL.name,),
+    alerted=False,
+    freshness=False,  # built when a version is approved, not on a clock
+)
+TENSORRT_ENGINE = AssetStage(
+    "tensorrt_engine",
+    group="engines",
+    pod="compile",
+    job=TENSORRT_JOB,
+    per_drive=False,
+    upstream=(ONNX_ENGINE.name,),
+    alerted=False,
+    freshness=False,
+)
+QNN_ENGINE = AssetStage(
+    "qnn_engine",
+    group="engines",
+    pod="compile",
+    job=QNN_JOB,
+    per_drive=False,
+    upstream=(ONNX_ENGINE.name,),
+    alerted=False,
+    freshness=False,
+)
 ASSET_STAGES: tuple[AssetStage, ...] = (
     RAW_DRIVE,
     DECODED_SIGNALS,
@@ -438,6 +491,9 @@ ASSET_STAGES: tuple[AssetStage, ...] = (
     SPLIT_REVIEW,
     MODEL_SEARCH,
     TRAINED_MODEL,
+    ONNX_ENGINE,
+    TENSORRT_ENGINE,
+    QNN_ENGINE,
 )
 
 

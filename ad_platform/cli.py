@@ -1,4 +1,5 @@
-"""Command line of the platform: `python -m ad_platform {run-once,demo,metrics,approve,rollback,models,decode}`."""
+"""Command line of the platform: `python -m ad_platform COMMAND` (run-once, demo, metrics, approve, rollback, models,
+lineage, decode)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_metadata_catalog_summary(catalog_run)
     _print_metrics_summary(defs, instance)
     _print_models_summary(trained)
+    engines_ok = _demo_engines(defs, instance, markets, trained)
     print(
         f"\nlake: {settings.lake_dir()}\n"
         f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
@@ -122,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("  FAILED market assets run (see the UI)")
     if not catalog_run.success:
         print("  FAILED metadata catalog run (a dbt model or test failed; see the UI)")
-    return 1 if unexpected or not drift_ok or not catalog_run.success else 0
+    return 1 if unexpected or not drift_ok or not catalog_run.success or not engines_ok else 0
 
 
 def _quiet() -> dict[str, object]:
@@ -145,6 +147,95 @@ def _print_metadata_catalog_summary(run: ExecuteInProcessResult) -> None:
         "select market, qa_status, count(*) from drive_qa_status group by all order by all"
     ):
         print(f"  {market.upper()} QA {status}: {drives} drive(s)")
+
+
+# ---- demo step: compiled engines (issue 14) -------------------------------------------------------------------
+DEMO_APPROVER = "demo"
+
+
+def _demo_engines(
+    defs: Definitions, instance: DagsterInstance, markets: list[str], trained: dict[str, ExecuteInProcessResult | str]
+) -> bool:
+    """Approve each market's fresh candidate as the `demo` approver (the registry's approve function, audited like
+    a human approval), build its ONNX engine with the parity report and print the engine's lineage."""
+    from ad_core.train.registry import APPROVED, CANDIDATE, GateRefused, alias_version, approve, model_name
+    from ad_platform.runner import compile_onnx_once
+
+    print("\ncompiled engines (the demo approves each candidate as approver 'demo'; in production a person does):")
+    client, lake = _registry()
+    to_compile = []
+    for market in markets:
+        outcome = trained.get(market)
+        name = model_name(market)
+        candidate = alias_version(client, name, CANDIDATE)  # type: ignore[arg-type]
+        if isinstance(outcome, str) or outcome is None or candidate is None:
+            why = outcome if isinstance(outcome, str) else "none"
+            print(f"  {market.upper()}: skipped: no candidate model ({why})")
+            continue
+        approved = alias_version(client, name, APPROVED)  # type: ignore[arg-type]
+        if approved is None or str(approved.version) != str(candidate.version):
+            try:
+                note = "demo: approved by make demo"
+                record = approve(client, name, str(candidate.version), DEMO_APPROVER, note)  # type: ignore[arg-type]
+            except GateRefused as exc:
+                print(f"  {market.upper()}: not approved: {exc}")
+                continue
+            _write_audit(lake, record)
+            print(f"  {market.upper()}: {name} version {record.version} approved by '{DEMO_APPROVER}'")
+        to_compile.append(market)
+    ok = True
+    for market, result in compile_onnx_once(defs, instance, to_compile, console_log_level="CRITICAL").items():
+        ok = _print_engine(market, result) and ok
+    return ok
+
+
+def _print_engine(market: str, result: ExecuteInProcessResult) -> bool:
+    from ad_platform import lineage
+
+    events = result.get_asset_materialization_events()
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    if not events:
+        errors = [e.event_specific_data.error.message for e in result.get_step_failure_events()]  # type: ignore[union-attr]
+        print(f"  {market.upper()}: ONNX engine FAILED: {' '.join(' '.join(errors).split())[:300]}")
+        return False
+    meta = events[0].materialization.metadata
+    print(
+        f"  {market.upper()}: onnx-cpu engine {meta['engine_sha256'].value} ({meta['size_bytes'].value / 1e6:.2f} MB, "
+        f"reproducible export: {meta['reproducible_export'].value}) from {meta['model'].value}"
+    )
+    print(
+        f"    parity vs torch on {meta['parity_frames'].value} test frames at batch {meta['parity_batch_size'].value}: "
+        f"max |diff| {meta['parity_max_abs_diff'].value:.2e} deg, mean {meta['parity_mean_abs_diff'].value:.2e} deg, "
+        f"MAE {meta['mae_onnxruntime'].value:.4f} (onnxruntime) vs {meta['mae_torch'].value:.4f} (torch) deg"
+    )
+    for name, check in checks.items():
+        print(f"    check {name}: {'passed' if check.passed else 'FAILED'}")
+    print(
+        f"    CPU latency (onnxruntime, batch 1): p50 {meta['latency_p50_ms'].value:.2f} ms, "
+        f"p99 {meta['latency_p99_ms'].value:.2f} ms"
+    )
+    client, lake = _registry()
+    from ad_resources.s3 import resources_from_env
+
+    lin = lineage.resolve(str(meta["engine_sha256"].value), client, lake, resources_from_env()["catalog"])  # type: ignore[arg-type]
+    print(f"\nlineage of the {market.upper()} engine (python -m ad_platform lineage {meta['engine_sha256'].value}):")
+    print(lineage.render(lin))
+    return result.success and lin.ok
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """The chain from an engine (or model version) down to the raw files; exit 1 when broken or flagged."""
+    from ad_platform import lineage
+    from ad_resources.s3 import resources_from_env
+
+    client, lake = _registry()
+    try:
+        lin = lineage.resolve(args.ref, client, lake, resources_from_env()["catalog"])  # type: ignore[arg-type]
+    except lineage.LineageError as exc:
+        print(f"lineage: {exc}", file=sys.stderr)
+        return 2
+    print(lineage.render(lin))
+    return 0 if lin.ok else 1
 
 
 def _print_catalog_summary() -> None:
@@ -380,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
 
     models = sub.add_parser("models", help="registered models: versions, aliases, gate status")
     models.set_defaults(func=cmd_models)
+
+    lineage = sub.add_parser(
+        "lineage",
+        help="engine -> model version and MLflow run -> split manifest -> drives -> synced -> decoded -> raw files",
+    )
+    lineage.add_argument("ref", help="engine sha256 (or a prefix), MODEL@ALIAS (steering-de@approved) or MODEL/VERSION")
+    lineage.set_defaults(func=cmd_lineage)
 
     decode = sub.add_parser("decode", help="decode one log file or folder outside Dagster (see --help)", add_help=False)
     decode.add_argument("rest", nargs=argparse.REMAINDER)

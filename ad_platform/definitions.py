@@ -15,7 +15,7 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import curated, decoded, drift, metadata_catalog, models, raw, synced
+from ad_assets import curated, decoded, drift, engines, metadata_catalog, models, raw, synced
 from ad_common import settings
 from ad_common.markets import MARKETS
 from ad_common.stages import (
@@ -66,6 +66,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             drift.definitions(market),
             curated.definitions(market),
             models.definitions(market),
+            engines.definitions(market),
         )
     ]
     jobs = {spec.name: _jobs(spec) for spec in JOBS}

@@ -30,7 +30,7 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from ad_common import settings
 from ad_common.atomic import STALE_AFTER_S, write_bytes_atomic
 from ad_common.markets import MARKETS
-from ad_common.stages import CURATED_SPLITS, MARKET_ASSETS_JOB, SIGNAL_DRIFT, TRAIN_JOB, job_asset_keys
+from ad_common.stages import CURATED_SPLITS, MARKET_ASSETS_JOB, ONNX_JOB, SIGNAL_DRIFT, TRAIN_JOB, job_asset_keys
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, Notice, landing_tick
 
 CURSOR_FILE = "run_once_cursor.json"
@@ -255,6 +255,20 @@ def train_models_once(
             run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
         )
     return out
+
+
+def compile_onnx_once(
+    defs: Definitions, instance: DagsterInstance, markets: list[str], console_log_level: str = "WARNING"
+) -> dict[str, ExecuteInProcessResult]:
+    """Run ``compile_onnx_<m>`` for each market (its approved model -> ONNX engine, parity, lineage)."""
+    return {
+        market: defs.resolve_job_def(ONNX_JOB.job_name(market)).execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+        )
+        for market in markets
+    }
 
 
 def send_alerts_once(defs: Definitions, instance: DagsterInstance) -> None:

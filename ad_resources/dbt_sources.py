@@ -38,6 +38,8 @@ RECORD_STAGES: dict[str, tuple[str, ...]] = {
     "split_assignments": ("curated_splits",),
     "drive_checks": ("decoded_signals", "synced_frames", "odd_tags"),
     "model_approvals": ("trained_model",),  # written by the approve/rollback CLI about trained_model versions
+    "engines": ("onnx_engine", "tensorrt_engine", "qnn_engine"),
+    "engine_lineage": ("onnx_engine", "tensorrt_engine", "qnn_engine"),
 }
 
 

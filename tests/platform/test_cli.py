@@ -13,9 +13,10 @@ from ad_platform.cli import main
         (["decode", "--help"], "usage: python -m ad_core.decode"),
         (["run-once", "--help"], "usage: python -m ad_platform run-once"),
         (["demo", "--help"], "--no-bad-drives"),
-        (["--help"], "{run-once,demo,metrics,approve,rollback,models,decode}"),
+        (["--help"], "{run-once,demo,metrics,approve,rollback,models,lineage,decode}"),
         (["approve", "--help"], "--by BY --note NOTE"),
         (["rollback", "--help"], "--to TO"),
+        (["lineage", "--help"], "MODEL@ALIAS"),
     ],
 )
 def test_help_prints_usage_and_exits_0(argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]) -> None:
