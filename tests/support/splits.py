@@ -27,7 +27,8 @@ from ad_common.lake_layout import (
     split_manifest_path,
     synced_path,
 )
-from ad_core.sync.plan import REFERENCE_STREAM
+
+FLEET_CAMERA_STREAM = "mcap__camera_front_compressed"  # the fleetgen sensor profile's front camera
 
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -79,7 +80,7 @@ def write_manifest(
                     "split": [assignment[drive]] * n,
                     "synced_path": [frames_rel] * n,
                     "synced_sha256": [sha256_file(lake_root / frames_rel)] * n,
-                    "camera_path": [f"{decoded_path(market, drive)}/{REFERENCE_STREAM}.parquet"] * n,
+                    "camera_path": [f"{decoded_path(market, drive)}/{FLEET_CAMERA_STREAM}.parquet"] * n,
                     **{tag: [odd.get(tag) or "unknown"] * n for tag in ODD_TAGS},
                     "excluded": excluded,
                     "exclusion_reason": [("blurred test frame" if e else None) for e in excluded],
