@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         instance=instance, raise_on_error=False, run_config=_quiet()
     )
     print("  trained models (per market, on its latest curated splits)")
-    trained = train_models_once(defs, instance, markets, console_log_level="CRITICAL")
+    trained = train_models_once(defs, instance, markets, console_log_level="CRITICAL", training=DEMO_TRAINING)
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
@@ -147,6 +147,11 @@ def _print_metadata_catalog_summary(run: ExecuteInProcessResult) -> None:
         "select market, qa_status, count(*) from drive_qa_status group by all order by all"
     ):
         print(f"  {market.upper()} QA {status}: {drives} drive(s)")
+
+
+# The demo trains small (3 epochs, 300 frames a drive): ~1 min a market on 2 cores, so `make demo` stays short;
+# docs/models.md has the full-size figures.
+DEMO_TRAINING = {"epochs": 3, "max_frames_per_drive": 300}
 
 
 # ---- demo step: compiled engines (issue 14) -------------------------------------------------------------------

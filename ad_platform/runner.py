@@ -30,7 +30,15 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from ad_common import settings
 from ad_common.atomic import STALE_AFTER_S, write_bytes_atomic
 from ad_common.markets import MARKETS
-from ad_common.stages import CURATED_SPLITS, MARKET_ASSETS_JOB, ONNX_JOB, SIGNAL_DRIFT, TRAIN_JOB, job_asset_keys
+from ad_common.stages import (
+    CURATED_SPLITS,
+    MARKET_ASSETS_JOB,
+    ONNX_JOB,
+    SIGNAL_DRIFT,
+    TRAIN_JOB,
+    TRAINED_MODEL,
+    job_asset_keys,
+)
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, Notice, landing_tick
 
 CURSOR_FILE = "run_once_cursor.json"
@@ -239,20 +247,25 @@ def refresh_market_assets(
 
 
 def train_models_once(
-    defs: Definitions, instance: DagsterInstance, markets: list[str], console_log_level: str = "WARNING"
+    defs: Definitions,
+    instance: DagsterInstance,
+    markets: list[str],
+    console_log_level: str = "WARNING",
+    training: dict[str, Any] | None = None,
 ) -> dict[str, ExecuteInProcessResult | str]:
     """Run ``train_models_<m>`` for each market whose ``<m>/curated_splits`` has been materialized; the others
-    get the reason they were skipped."""
+    get the reason they were skipped. ``training`` overrides the trained_model config (the demo's is small)."""
     out: dict[str, ExecuteInProcessResult | str] = {}
     for market in markets:
         splits = CURATED_SPLITS.key(market)
         if instance.get_latest_materialization_event(splits) is None:
             out[market] = f"skipped: {splits.to_user_string()} not materialized yet"
             continue
+        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
+        if training:
+            run_config["ops"] = {TRAINED_MODEL.key(market).to_python_identifier(): {"config": training}}
         out[market] = defs.resolve_job_def(TRAIN_JOB.job_name(market)).execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+            instance=instance, raise_on_error=False, run_config=run_config
         )
     return out
 
