@@ -95,6 +95,8 @@ class LocalBackend(Backend):
             (folder / name).write_bytes(data)
             if mtime_ns is not None:
                 os.utime(folder / name, ns=(mtime_ns, mtime_ns))
+        if mtime_ns is not None:
+            os.utime(folder, ns=(mtime_ns, mtime_ns))  # the folder's mtime is part of the settle rule
 
     def landing_bytes(self, relpath: str) -> bytes | None:
         path = self.root / relpath
