@@ -66,7 +66,7 @@ def fleet() -> Iterator[Fleet]:
         mp.setenv("AD_STATE_DIR", str(state))
         generate_fleet(state / "landing", list(MARKETS), 5, 1.0, seed=0)
         defs = build_definitions()
-        outcomes = run_once(defs, instance, state_dir=state, log=lambda _: None)
+        outcomes = run_once(defs, instance, state_dir=state, log=lambda _: None, settle_s=0)
         assert {o.status for o in outcomes} == {"materialized"}, [(o.drive_id, o.error) for o in outcomes]
         yield Fleet(state, defs, instance)
 

@@ -69,7 +69,8 @@ def test_every_real_drive_syncs_or_stops_at_a_named_check(
     assert {f"{m}/{d}" for m, d in drives} == set(EXPECTED)
     defs = build_definitions()
     with instance_for_test() as instance:
-        outcomes = {f"{o.market}/{o.drive_id}": o for o in run_once(defs, instance, state_dir=tmp_path, log=print)}
+        ran = run_once(defs, instance, state_dir=tmp_path, log=print, settle_s=0)
+        outcomes = {f"{o.market}/{o.drive_id}": o for o in ran}
         assert set(outcomes) == set(EXPECTED)
         got = {}
         for drive, o in outcomes.items():

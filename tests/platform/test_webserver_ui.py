@@ -27,6 +27,7 @@ import pytest
 import requests
 from dagster import DagsterInstance
 
+from ad_common.markets import MARKETS
 from ad_platform.definitions import build_definitions
 from ad_platform.runner import run_once
 from fleetgen import generate_fleet
@@ -284,8 +285,10 @@ def test_asset_graph_renders_in_headless_chromium(ui: Ui) -> None:
         pytest.skip(f"{CHROMIUM} not found: install Debian's `chromium` package (.ci/run does when it is missing)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip package playwright (pinned in pyproject)")
 
-    asset_names = {node["assetKey"]["path"][-1] for node in _asset_nodes(ui)}
-    markets = {node["assetKey"]["path"][0] for node in _asset_nodes(ui)}
+    # The per-market stage assets (the dbt models of the catalog group render in their own, wider group).
+    market_nodes = [n for n in _asset_nodes(ui) if n["assetKey"]["path"][0] in MARKETS]
+    asset_names = {node["assetKey"]["path"][-1] for node in market_nodes}
+    markets = {node["assetKey"]["path"][0] for node in market_nodes}
     with sync_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
         # Debian's Chromium, never a Playwright-downloaded browser; a fresh profile every run.
         context = pw.chromium.launch_persistent_context(
