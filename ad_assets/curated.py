@@ -5,7 +5,6 @@ Thin assets over ``ad_core/curate``; every path comes from the lake layout, ever
 
 import base64
 import json
-import re
 from typing import Any
 
 import pyarrow as pa
@@ -108,10 +107,8 @@ def _sync_reference(instance: DagsterInstance, market: str, drive_id: str) -> st
         AssetRecordsFilter(asset_key=SYNCED_FRAMES.key(market), asset_partitions=[drive_id]), limit=1
     )
     materialization = result.records[0].asset_materialization if result.records else None
-    reference = materialization.metadata.get("reference") if materialization else None
-    # "front_camera (mcap__camera_front_compressed)": the stream is in parentheses; a grid has none
-    match = re.search(r"\(([^()]+)\)$", str(reference.value)) if reference is not None and reference.value else None
-    return match.group(1) if match else None
+    stream = materialization.metadata.get("reference_stream") if materialization else None
+    return str(stream.value) if stream is not None and stream.value else None
 
 
 def _camera_path(lake: Lake, market: str, drive_id: str, reference: str | None) -> str | None:

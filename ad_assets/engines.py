@@ -84,6 +84,49 @@ def _model_files(tracking: MlflowTracking, mv: ModelVersion) -> Iterator[Path]:
         yield Path(local)
 
 
+def _image_spec(mv: ModelVersion) -> ImageSpec:
+    return ImageSpec.from_json(mv.tags["image_spec"]) if "image_spec" in mv.tags else ImageSpec()
+
+
+def _parity_columns(report: Any) -> dict[str, Any]:
+    """The engines record's parity columns from an ONNX or TensorRT parity report."""
+    return {
+        "parity_passed": report.passed,
+        "parity_max_abs_diff": report.max_abs_diff,
+        "parity_mean_abs_diff": report.mean_abs_diff,
+        "mae_reference": report.mae_reference,
+        "mae_engine": report.mae_engine,
+    }
+
+
+def _publish_engine(
+    lake: Lake,
+    market: str,
+    target: str,
+    mv: ModelVersion,
+    artifact: Path,
+    sha: str,
+    size: int,
+    report: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
+    **columns: Any,
+) -> str:
+    """Write the engine, its report (and ``extra_files``) into the engine's lake folder, then its catalog row
+    (last, so the catalog never names an engine whose files are missing); returns the engine's lake path."""
+    folder = engine_dir(market, target, sha)
+    path = f"{folder}/engine{artifact.suffix}"
+    files = {**(extra_files or {}), "report.json": json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"}
+    with lake.write_dir(folder) as out:
+        shutil.copyfile(artifact, out / Path(path).name)
+        for name, text in files.items():
+            (out / name).write_text(text)
+    row = _engine_row(market, target, sha, path, size, mv, report, **columns)
+    lake.write_table(
+        ENGINES.path(market, engine_record_key(target, sha)), pa.Table.from_pylist([row], schema=ENGINES.schema)
+    )
+    return path
+
+
 def _engine_row(
     market: str, target: str, sha: str, path: str, size: int, mv: ModelVersion, report: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
@@ -119,7 +162,7 @@ def build_onnx(
     if not all(splits.values()):
         raise Failure(f"{name} version {mv.version} has no manifest_path/manifest_sha256 tags: its data is unknown")
     markets = [m for m in mv.tags.get("markets", market).split(",") if m]
-    spec = ImageSpec.from_json(mv.tags["image_spec"]) if "image_spec" in mv.tags else ImageSpec()
+    spec = _image_spec(mv)
     context.log.info(f"compiling {name} version {mv.version} (approved) for {ONNX_TARGET}")
     with (
         _model_files(tracking, mv) as model_dir,
@@ -151,7 +194,6 @@ def build_onnx(
             mae_tolerance=settings.mae_tolerance,
         )
         latency = parity.ort_latency(engine.path, example, runs=settings.latency_runs, threads=settings.latency_threads)
-        folder = engine_dir(market, ONNX_TARGET, engine.sha256)
         full_report = {
             "engine": {k: str(v) if isinstance(v, Path) else v for k, v in vars(engine).items() if k != "path"},
             "model": {"name": name, "version": str(mv.version), "mlflow_run_id": mv.run_id},
@@ -159,9 +201,6 @@ def build_onnx(
             "latency": latency.to_dict(),
             "reproducible": reproducible,
         }
-        with lake.write_dir(folder) as out:
-            shutil.copyfile(engine.path, out / "engine.onnx")
-            (out / "report.json").write_text(json.dumps(full_report, indent=2, sort_keys=True) + "\n")
         chain = lineage.resolve_chain(
             {
                 "engine_sha256": engine.sha256,
@@ -174,26 +213,21 @@ def build_onnx(
             manifest,
             resolve,
         )
-    key = engine_record_key(ONNX_TARGET, engine.sha256)
-    lake.write_table(ENGINE_LINEAGE.path(market, key), chain)
-    row = _engine_row(
-        market,
-        ONNX_TARGET,
-        engine.sha256,
-        f"{folder}/engine.onnx",
-        engine.size_bytes,
-        mv,
-        full_report,
-        parity_passed=report.passed,
-        parity_max_abs_diff=report.max_abs_diff,
-        parity_mean_abs_diff=report.mean_abs_diff,
-        mae_reference=report.mae_reference,
-        mae_engine=report.mae_engine,
-        latency_p50_ms=latency.p50_ms,
-        latency_p99_ms=latency.p99_ms,
-        latency_where=f"onnxruntime {latency.provider}, batch 1, {latency.threads} thread(s), this CPU",
-    )
-    lake.write_table(ENGINES.path(market, key), pa.Table.from_pylist([row], schema=ENGINES.schema))
+        lake.write_table(ENGINE_LINEAGE.path(market, engine_record_key(ONNX_TARGET, engine.sha256)), chain)
+        engine_path = _publish_engine(
+            lake,
+            market,
+            ONNX_TARGET,
+            mv,
+            engine.path,
+            engine.sha256,
+            engine.size_bytes,
+            full_report,
+            **_parity_columns(report),
+            latency_p50_ms=latency.p50_ms,
+            latency_p99_ms=latency.p99_ms,
+            latency_where=f"onnxruntime {latency.provider}, batch 1, {latency.threads} thread(s), this CPU",
+        )
     tracking.client().set_model_version_tag(name, str(mv.version), f"engine.{ONNX_TARGET}.sha256", engine.sha256)
     broken = lineage.missing_links(chain)
     return MaterializeResult(
@@ -201,7 +235,7 @@ def build_onnx(
         metadata={
             "target": ONNX_TARGET,
             "engine_sha256": engine.sha256,
-            "engine_path": f"{folder}/engine.onnx",
+            "engine_path": engine_path,
             "size_bytes": engine.size_bytes,
             "opset": engine.opset,
             "input": f"{engine.input_name} {list(engine.input_shape)} float32",
@@ -279,7 +313,7 @@ def build_tensorrt(
             f"approved now: materialize {market}/{ONNX_ENGINE.name} first"
         )
     splits = {k: mv.tags.get(k, "") for k in ("manifest_path", "manifest_sha256")}
-    spec = ImageSpec.from_json(mv.tags["image_spec"]) if "image_spec" in mv.tags else ImageSpec()
+    spec = _image_spec(mv)
     with (
         manifest_files(lake, splits) as (manifest, resolve),
         lake.local_dir(str(Path(source["engine_path"]).parent)) as onnx_dir,
@@ -306,37 +340,28 @@ def build_tensorrt(
             built.path, onnx_path, test, spec, atol=settings.atol_fp16 if precision == "fp16" else settings.atol_int8
         )
         target = f"tensorrt-{built.gpu_slug}-{precision}"
-        folder = engine_dir(market, target, built.sha256)
         full = {"engine": built.to_dict(), "parity": report.to_dict(), "source_onnx_sha256": source["engine_sha256"]}
-        with lake.write_dir(folder) as out:
-            shutil.copyfile(built.path, out / "engine.plan")
-            (out / "report.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-    key = engine_record_key(target, built.sha256)
-    row = _engine_row(
-        market,
-        target,
-        built.sha256,
-        f"{folder}/engine.plan",
-        built.size_bytes,
-        mv,
-        full,
-        source_engine_sha256=source["engine_sha256"],
-        parity_passed=report.passed,
-        parity_max_abs_diff=report.max_abs_diff,
-        parity_mean_abs_diff=report.mean_abs_diff,
-        mae_reference=report.mae_reference,
-        mae_engine=report.mae_engine,
-        latency_p50_ms=built.latency_p50_ms,
-        latency_p99_ms=built.latency_p99_ms,
-        latency_where=f"TensorRT on {built.gpu_name}, batch 1",
-    )
-    lake.write_table(ENGINES.path(market, key), pa.Table.from_pylist([row], schema=ENGINES.schema))
+        engine_path = _publish_engine(
+            lake,
+            market,
+            target,
+            mv,
+            built.path,
+            built.sha256,
+            built.size_bytes,
+            full,
+            source_engine_sha256=source["engine_sha256"],
+            **_parity_columns(report),
+            latency_p50_ms=built.latency_p50_ms,
+            latency_p99_ms=built.latency_p99_ms,
+            latency_where=f"TensorRT on {built.gpu_name}, batch 1",
+        )
     return MaterializeResult(
         data_version=DataVersion(built.sha256),
         metadata={
             "target": target,
             "engine_sha256": built.sha256,
-            "engine_path": f"{folder}/engine.plan",
+            "engine_path": engine_path,
             "size_bytes": built.size_bytes,
             "source_onnx_sha256": source["engine_sha256"],
             "gpu": built.gpu_name,
@@ -373,7 +398,7 @@ def build_qnn(
         raise Failure(str(exc)) from exc
     source = latest_onnx(context, market)
     mv = approved_version(tracking, registry.model_name(market))
-    spec = ImageSpec.from_json(mv.tags["image_spec"]) if "image_spec" in mv.tags else ImageSpec()
+    spec = _image_spec(mv)
     with (
         lake.local_dir(str(Path(source["engine_path"]).parent)) as onnx_dir,
         tempfile.TemporaryDirectory() as tmp,
@@ -389,27 +414,22 @@ def build_qnn(
             log=context.log.info,
         )
         target = f"qnn-{hub.device_slug(settings.device)}"
-        folder = engine_dir(market, target, result.sha256)
         full = {**result.to_dict(), "source_onnx_sha256": source["engine_sha256"]}
-        with lake.write_dir(folder) as out:
-            shutil.copyfile(result.path, out / f"engine{result.path.suffix}")
-            (out / "profile.json").write_text(json.dumps(result.profile, indent=2, sort_keys=True) + "\n")
-            (out / "report.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-    key = engine_record_key(target, result.sha256)
-    row = _engine_row(
-        market,
-        target,
-        result.sha256,
-        f"{folder}/engine{result.path.suffix}",
-        result.size_bytes,
-        mv,
-        full,
-        source_engine_sha256=source["engine_sha256"],
-        latency_p50_ms=result.inference_ms,
-        latency_p99_ms=None,
-        latency_where=f"AI Hub profile on {settings.device} ({settings.api_url})",
-    )
-    lake.write_table(ENGINES.path(market, key), pa.Table.from_pylist([row], schema=ENGINES.schema))
+        engine_path = _publish_engine(
+            lake,
+            market,
+            target,
+            mv,
+            result.path,
+            result.sha256,
+            result.size_bytes,
+            full,
+            extra_files={"profile.json": json.dumps(result.profile, indent=2, sort_keys=True) + "\n"},
+            source_engine_sha256=source["engine_sha256"],
+            latency_p50_ms=result.inference_ms,
+            latency_p99_ms=None,
+            latency_where=f"AI Hub profile on {settings.device} ({settings.api_url})",
+        )
     return MaterializeResult(
         data_version=DataVersion(result.sha256),
         metadata={
@@ -417,7 +437,7 @@ def build_qnn(
             "device": settings.device,
             "api_url": settings.api_url,
             "engine_sha256": result.sha256,
-            "engine_path": f"{folder}/engine{result.path.suffix}",
+            "engine_path": engine_path,
             "size_bytes": result.size_bytes,
             "source_onnx_sha256": source["engine_sha256"],
             "compile_job": result.compile_job_id,

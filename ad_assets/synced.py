@@ -120,6 +120,7 @@ def _metadata(synced: SyncedDrive, lake: Lake, market: str, drive_id: str) -> di
     common: dict[str, Any] = {
         "sensor_profile": plan.profile.label,
         "reference": plan.reference or None,
+        "reference_stream": plan.reference_stream or None,
         "roles": MetadataValue.md(_roles_markdown(plan)),
     }
     if report is None:

@@ -81,6 +81,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 _K8S_DEADLINE_GRACE_S = 15 * 60
 
 Pool = Literal["cpu", "gpu"]
+QAIHUB_SECRET = "ad-platform-qaihub"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ class StageSpec:
     # Kubernetes service account of the stage's pods (IRSA role, deploy/terraform/modules/identity); None: the
     # run's own (the code server's account, which may read the lake but not write models or engines).
     service_account: str | None = None
+    # Kubernetes secrets exposed to the stage's pods as environment variables (envFrom), e.g. a vendor API token;
+    # created by deploy/terraform/modules/k8s-addons, their values set outside Terraform (docs/deploy.md).
+    env_secrets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.pool == "gpu") != (self.gpus > 0):
@@ -189,6 +193,7 @@ _SPECS: tuple[StageSpec, ...] = (
         gpus=1,
         shm_size="2Gi",
         service_account="ad-platform-compile",
+        env_secrets=(QAIHUB_SECRET,),  # QAIHUB_API_TOKEN for the Qualcomm AI Hub engines
     ),
     # dbt on DuckDB: one writer, light.
     StageSpec(
@@ -240,6 +245,8 @@ def k8s_config(stage: str) -> dict[str, Any]:
         limits[GPU_RESOURCE] = str(spec.gpus)
 
     container: dict[str, Any] = {"resources": {"requests": requests, "limits": limits}}
+    if spec.env_secrets:
+        container["envFrom"] = [{"secretRef": {"name": name}} for name in spec.env_secrets]
     pod_spec: dict[str, Any] = {"nodeSelector": {POOL_LABEL: spec.pool}}
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account

@@ -7,7 +7,9 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
@@ -15,6 +17,11 @@ from ad_common import settings
 from ad_common.stages import CURATED_SPLITS, METADATA_CATALOG_JOB, SIGNAL_DRIFT, SPLIT_REVIEW
 from ad_platform.instance import local_instance
 from ad_resources.catalog import CATALOG_VIEWS
+
+if TYPE_CHECKING:  # the CLI imports MLflow and the registry only in the commands that use them
+    from mlflow.tracking import MlflowClient
+
+    from ad_core.train.registry import AuditRecord
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run-once holds the lock; try again later
 
@@ -353,39 +360,44 @@ def _write_audit(lake: object, record: object) -> str:
     return path
 
 
-def cmd_approve(args: argparse.Namespace) -> int:
-    """Move the `approved` alias to a version whose gate passed; audited in MLflow tags and the catalog."""
-    from ad_core.train.registry import GateRefused, approve
+def _audited(change: Callable[[MlflowClient], AuditRecord], describe: Callable[[AuditRecord], str]) -> int:
+    """Run one registry change (approve / rollback), write its audit record, print what happened."""
+    from ad_core.train.registry import GateRefused
 
     client, lake = _registry()
     try:
-        record = approve(client, args.model, args.version, args.by, args.note)  # type: ignore[arg-type]
+        record = change(client)
     except GateRefused as exc:
         print(f"REFUSED: {exc}", file=sys.stderr)
         return 2
-    path = _write_audit(lake, record)
-    previous = f" (was version {record.previous_version})" if record.previous_version else ""
-    print(f"{record.model} version {record.version} approved by {record.actor} at {record.at}{previous}; audit: {path}")
+    print(f"{describe(record)}; audit: {_write_audit(lake, record)}")
     return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Move the `approved` alias to a version whose gate passed; audited in MLflow tags and the catalog."""
+    from ad_core.train.registry import approve
+
+    return _audited(
+        lambda client: approve(client, args.model, args.version, args.by, args.note),
+        lambda r: (
+            f"{r.model} version {r.version} approved by {r.actor} at {r.at}"
+            + (f" (was version {r.previous_version})" if r.previous_version else "")
+        ),
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Move `approved` back to the previously approved version (or `--to VERSION`, or remove it); audited."""
-    from ad_core.train.registry import GateRefused, rollback
+    from ad_core.train.registry import rollback
 
-    client, lake = _registry()
-    try:
-        record = rollback(client, args.model, args.by, args.note, args.to)  # type: ignore[arg-type]
-    except GateRefused as exc:
-        print(f"REFUSED: {exc}", file=sys.stderr)
-        return 2
-    path = _write_audit(lake, record)
-    now = f"version {record.previous_version}" if record.previous_version else "no version"
-    print(
-        f"{record.model}: approval of version {record.version} revoked by {record.actor}; approved is now {now}; "
-        f"audit: {path}"
+    return _audited(
+        lambda client: rollback(client, args.model, args.by, args.note, args.to),
+        lambda r: (
+            f"{r.model}: approval of version {r.version} revoked by {r.actor}; approved is now "
+            + (f"version {r.previous_version}" if r.previous_version else "no version")
+        ),
     )
-    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -6,12 +6,9 @@ where the model lost its approval. The same chain, as recorded at build time, is
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -90,20 +87,6 @@ def find(ref: str, client: MlflowClient, catalog: DuckDBCatalog) -> tuple[dict[s
     return (rows[0] if rows else None), mv
 
 
-@contextlib.contextmanager
-def _resolver(lake: Lake) -> Iterator[Callable[[str], Path]]:
-    with contextlib.ExitStack() as stack:
-        folders: dict[str, Path] = {}
-
-        def resolve(relpath: str) -> Path:
-            parent = str(PurePosixPath(relpath).parent)
-            if parent not in folders:
-                folders[parent] = stack.enter_context(lake.local_dir(parent))
-            return folders[parent] / PurePosixPath(relpath).name
-
-        yield resolve
-
-
 def resolve(ref: str, client: MlflowClient, lake: Lake, catalog: DuckDBCatalog) -> Lineage:
     engine, mv = find(ref, client, catalog)
     approved = registry.alias_version(client, mv.name, registry.APPROVED)
@@ -121,7 +104,7 @@ def resolve(ref: str, client: MlflowClient, lake: Lake, catalog: DuckDBCatalog) 
     flags: list[str] = []
     sha_now = None
     chain = ENGINE_LINEAGE.schema.empty_table()
-    with _resolver(lake) as res:
+    with lake.file_resolver() as res:
         manifest_path = res(head["manifest_path"]) if head["manifest_path"] else None
         if manifest_path is None or not manifest_path.is_file():
             problems.append(f"split manifest {head['manifest_path']} is not in the lake")

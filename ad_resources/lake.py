@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +33,21 @@ class Lake(ConfigurableResource):
     def local_dir(self, relpath: str) -> contextlib.AbstractContextManager[Path]:
         """A local folder holding ``relpath``'s files (a download for remote lakes), valid inside the context."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def file_resolver(self) -> Iterator[Callable[[str], Path]]:
+        """A function from lake-relative file paths to local files, valid inside the context; remote lakes
+        download each folder once, however many of its files are resolved (a drive's synced and decoded tables)."""
+        with contextlib.ExitStack() as stack:
+            folders: dict[str, Path] = {}
+
+            def resolve(relpath: str) -> Path:
+                parent = str(PurePosixPath(relpath).parent)
+                if parent not in folders:
+                    folders[parent] = stack.enter_context(self.local_dir(parent))
+                return folders[parent] / PurePosixPath(relpath).name
+
+            yield resolve
 
     def read_json(self, relpath: str) -> Any | None:
         raise NotImplementedError

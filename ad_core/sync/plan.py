@@ -47,6 +47,7 @@ class SyncPlan:
     reference: str  # what the frames are: "front_camera (mcap__camera_front_compressed)", "grid 10 Hz", ...
     reason: str | None = None
     checked: frozenset[str] = frozenset()  # sync stream names held to their tolerance by the check
+    reference_stream: str = ""  # the decoded table the frames are built on ("" for a grid)
 
     @property
     def present(self) -> dict[str, bool]:
@@ -200,7 +201,7 @@ def build_sync_plan(
         if profile.tolerance_check == "all" or name in role_streams:
             checked.update(s.name for s in specs)
     config = SyncConfig(reference=reference, streams=streams)
-    return SyncPlan(config, profile, roles, what, None, frozenset(checked))
+    return SyncPlan(config, profile, roles, what, None, frozenset(checked), ref_stream)
 
 
 def mdf_clock_offset(manifest: Mapping[str, Any] | None) -> int:

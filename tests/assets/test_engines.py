@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
-from ad_assets import engines, models
+from ad_assets import engines, metadata_catalog, models
 from ad_common.lake_layout import ENGINE_LINEAGE, ENGINES, registry_path
 from ad_core.compile import lineage, tensorrt_build
 from ad_platform.cli import main as cli
-from ad_resources.catalog import DuckDBCatalog
+from ad_resources.catalog import DuckDBCatalog, MetadataCatalog
 from ad_resources.lake import LocalLake
 from ad_resources.tracking import MlflowTracking, local_tracking
 from tests.support.splits import publish_splits, write_manifest
@@ -74,6 +74,24 @@ def _run(instance: DagsterInstance, env: dict[str, object], key: AssetKey, confi
         raise_on_error=False,
         run_config={"ops": {f"de__{key.path[-1]}": {"config": config}}},
         resources={"lake": LocalLake(root=str(env["lake"])), "mlflow_tracking": env["tracking"]},
+    )
+
+
+def _traceability(env: dict[str, object], instance: DagsterInstance, sha: str) -> list[tuple[object, ...]]:
+    """dbt builds the catalog's engine_traceability model (and runs its tests) over the test's lake."""
+    records = DuckDBCatalog(path=str(env["state"] / "catalog.duckdb"), lake=LocalLake(root=str(env["lake"])))
+    catalog = MetadataCatalog(path=str(env["state"] / "metadata.duckdb"), records=records)
+    result = materialize(
+        [metadata_catalog.dbt_metadata_catalog],
+        selection=[AssetKey(["catalog", "engine_traceability"])],
+        instance=instance,
+        resources={"dbt": metadata_catalog.dbt_cli_resource(), "metadata_catalog": catalog},
+    )
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    return catalog.query(
+        "SELECT approval_status, count(*), count(DISTINCT drive_id), count(DISTINCT raw_sha256), "
+        "bool_and(parity_passed) FROM engine_traceability WHERE engine_sha256 = ? GROUP BY ALL",
+        [sha],
     )
 
 
@@ -161,6 +179,8 @@ def test_approved_model_to_onnx_engine_with_parity_latency_and_complete_lineage_
         )
         assert rows[0][1:] == (3, rows[0][0], "1") and rows[0][0] >= 3
         assert catalog.query(f"SELECT target, parity_passed FROM {ENGINES.name}") == [("onnx-cpu", True)]
+        # ... and as the dbt model engine_traceability, with the approval status read from the audit trail.
+        assert _traceability(env, instance, sha) == [("approved", rows[0][0], 3, rows[0][0], True)]
 
         # The model loses its approval: the engine's lineage is flagged (exit 1), and nothing compiles.
         assert cli(["rollback", NAME, "--by", "bob", "--note", "regression on the road"]) == 0
@@ -169,6 +189,7 @@ def test_approved_model_to_onnx_engine_with_parity_latency_and_complete_lineage_
         flagged = capsys.readouterr().out
         assert "FLAG: steering-de version 1 is NOT approved now (revoked by bob" in flagged
         assert "this engine must not be deployed" in flagged
+        assert [r[0] for r in _traceability(env, instance, sha)] == ["revoked"]
         assert not _run(instance, env, ONNX_KEY, ONNX_CONFIG).success
 
 

@@ -189,6 +189,9 @@ def test_step_job_is_valid_k8s_and_carries_stage_pod(stage: str) -> None:
 
     # Secrets from values.yaml reach the pod: AWS via envFrom, Postgres password via secretKeyRef.
     assert {"secretRef": {"name": "ad-platform-aws"}} in container["envFrom"]
+    # The stage's own secrets (the compile pods' AI Hub token) are added to, not replacing, the values' ones.
+    assert all({"secretRef": {"name": name}} in container["envFrom"] for name in spec.env_secrets)
+    assert (stage == "compile") == bool(spec.env_secrets)
     (pg_password,) = [e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD"]
     assert pg_password["valueFrom"]["secretKeyRef"]["name"] == values["global"]["postgresqlSecretName"]
 
@@ -479,6 +482,7 @@ def test_secret_names_match_the_docs() -> None:
         _user_deployment(values),
     ):
         referenced |= {s["name"] for s in section.get("envSecrets", [])}
+    referenced |= {name for spec in STAGE_SPECS.values() for name in spec.env_secrets}
     assert referenced == created
     # dagster-k8s reads the Postgres password from this key of that secret (DAGSTER_PG_PASSWORD_SECRET_KEY).
     assert "postgresql-password" in doc

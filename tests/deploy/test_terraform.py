@@ -29,7 +29,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from ad_common.stages import GPU_RESOURCE, POOL_LABEL, STAGE_SPECS, k8s_config
+from ad_common.stages import GPU_RESOURCE, POOL_LABEL, QAIHUB_SECRET, STAGE_SPECS, k8s_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TF = REPO_ROOT / "deploy" / "terraform"
@@ -360,7 +360,8 @@ def test_secrets_and_service_accounts_the_values_name_are_created() -> None:
         values["dagster-user-deployments"]["deployments"][0],
     ):
         referenced |= {s["name"] for s in section.get("envSecrets", [])}
-    assert referenced == created == {"dagster-postgresql-secret", "ad-platform-aws"}
+    referenced |= {name for spec in STAGE_SPECS.values() for name in spec.env_secrets}
+    assert referenced == created == {"dagster-postgresql-secret", "ad-platform-aws", QAIHUB_SECRET}
     assert "postgresql-password" in secrets["postgres"]["data"]
 
     accounts = _identity_service_accounts()

@@ -38,6 +38,21 @@ resource "kubernetes_secret_v1" "aws" {
   }
 }
 
+# envFrom of the compile stage's pods (StageSpec.env_secrets). Created empty: the token never enters the Terraform
+# state or the repository; an operator sets it with kubectl (docs/deploy.md, section 5) and Terraform leaves it.
+resource "kubernetes_secret_v1" "qaihub" {
+  metadata {
+    name      = var.qaihub_secret_name
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  data = {
+    QAIHUB_API_TOKEN = ""
+  }
+  lifecycle {
+    ignore_changes = [data]
+  }
+}
+
 resource "kubernetes_service_account_v1" "gpu_stage" {
   for_each = var.stage_service_accounts # stage -> {name, role_arn}
   metadata {

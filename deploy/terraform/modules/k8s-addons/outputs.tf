@@ -4,6 +4,10 @@ output "namespace" {
 }
 
 output "secret_names" {
-  description = "Kubernetes secrets created: postgres password, AWS settings."
-  value       = [kubernetes_secret_v1.postgres.metadata[0].name, kubernetes_secret_v1.aws.metadata[0].name]
+  description = "Kubernetes secrets created: postgres password, AWS settings, AI Hub token (empty until set)."
+  value = [
+    kubernetes_secret_v1.postgres.metadata[0].name,
+    kubernetes_secret_v1.aws.metadata[0].name,
+    kubernetes_secret_v1.qaihub.metadata[0].name,
+  ]
 }

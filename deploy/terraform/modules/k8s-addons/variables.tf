@@ -26,6 +26,12 @@ variable "aws_secret_name" {
   default     = "ad-platform-aws"
 }
 
+variable "qaihub_secret_name" {
+  description = "Secret of the compile stage's pods with QAIHUB_API_TOKEN (stages.QAIHUB_SECRET)."
+  type        = string
+  default     = "ad-platform-qaihub"
+}
+
 variable "stage_service_accounts" {
   description = "Service accounts of GPU stages: stage -> {name, role_arn}."
   type        = map(object({ name = string, role_arn = string }))
