@@ -9,14 +9,31 @@ model accepts any batch size (tests load it at a batch size different from the e
 
 from __future__ import annotations
 
+import importlib
+import logging
+
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from ad_core.train.data import ImageSpec
+
+
+def _import_keeping_root_logger(module: str) -> None:
+    """Import ``module``, undoing the ``logging.basicConfig()`` that ``mlflow.pytorch`` runs at import (its
+    Lightning autolog module): a stderr handler on the root logger that printed every propagated record a second
+    time ("INFO:dagster.builtin:..." under each of Dagster's own log lines)."""
+    handlers, level = list(logging.root.handlers), logging.root.level
+    try:
+        importlib.import_module(module)
+    finally:
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+
+
+_import_keeping_root_logger("mlflow.pytorch")
 
 
 def signature(spec: ImageSpec) -> ModelSignature:
