@@ -196,6 +196,9 @@ def _candidates(
                 "the new version has not passed decode and sync (a blocking check failed or it is still running)"
             )
             continue
+        if not r["frames"]:
+            left_out[r["drive_id"]] = "it has no synced frames: nothing to train or test on"
+            continue
         tag_frames = {t: {v: round(s * r["frames"]) for v, s in json.loads(r[f"{t}_shares"]).items()} for t in ODD_TAGS}
         candidates[r["drive_id"]] = DriveCandidate(r["drive_id"], r["frames"], frozenset(r["geo_cells"]), tag_frames)
         synced_sha[r["drive_id"]] = r["synced_sha256"]

@@ -36,7 +36,14 @@ ODD_VALUES: dict[str, tuple[str, ...]] = {
 class OddSignals:
     """Candidate signal names per role, first match wins (case-insensitive, after the ``<stream>.`` prefix)."""
 
-    speed_kmh: tuple[str, ...] = ("VehicleSpeed", "VehSpeed", "speed_kmh")
+    # + the standard names: OBD-II PID 0x0D (CSS Electronics' OBD2 DBC) and J1939 SPN 84 in CCVS1
+    speed_kmh: tuple[str, ...] = (
+        "VehicleSpeed",
+        "VehSpeed",
+        "speed_kmh",
+        "S01PID0D_VehicleSpeed",
+        "WheelBasedVehicleSpeed",
+    )
     yaw_rate_dps: tuple[str, ...] = ("YawRate", "YawRateRef", "yaw_rate_dps")
     wiper: tuple[str, ...] = ("WiperState", "WiperMode")
     headlight: tuple[str, ...] = ("HeadlightState",)

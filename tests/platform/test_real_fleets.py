@@ -11,7 +11,7 @@ import pytest
 from dagster import DagsterEventType, instance_for_test
 
 from ad_platform.definitions import build_definitions
-from ad_platform.runner import run_once
+from ad_platform.runner import refresh_market_assets, run_once
 from tests.support.real_fleets import build_landing
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -101,3 +101,34 @@ def test_every_real_drive_syncs_or_stops_at_a_named_check(
         assert dropped == (False, "WARN")
         clock = _check_results(instance, outcomes["jp/relative-clock"].run_id)["decoded_signals:clock_sanity"]
         assert clock == (False, "WARN")  # 1970 time since boot, flagged, yet synced
+
+        # ODD tags on real logs: every synced drive is tagged; what its signals cannot tell is `unknown` with the
+        # reason, never guessed. The OBD-II cars' road type comes from PID 0x0D speed, found by its standard name.
+        odd = {
+            f"{m}/{d}": (road, road_reason, tod, tod_reason, weather, weather_reason)
+            for m, d, road, road_reason, tod, tod_reason, weather, weather_reason in catalog.query(
+                "select market, drive_id, road_type, road_type_reason, time_of_day, time_of_day_reason, weather, "
+                "weather_reason from drive_odd_tags"
+            )
+        }
+        assert set(odd) == {d for d, v in EXPECTED.items() if v == SYNCED}
+        assert all(row[i + 1] for row in odd.values() for i in (0, 2, 4) if row[i] == "unknown"), odd
+        obd_cars = ("us/obd-car-3ba199e2-s164", "us/obd-car-3ba199e2-s165", "us/obd2-11bit")
+        assert [odd[d][0] for d in obd_cars] == ["rural", "urban", "urban"]
+        assert odd["us/obd-car-3ba199e2-s164"][2] == "day"  # sun elevation at the CANmod GNSS position
+
+        # Splits of every market: leakage-free; a split too small for its minimum fails that named check (JP's
+        # short recordings), never an exception; the drive without frames is left out, not split.
+        market_run = refresh_market_assets(defs, instance, markets=("de", "us", "cn", "jp"))
+        checks = {
+            (e.asset_key.path[0], e.check_name): e.passed
+            for e in market_run.get_asset_check_evaluations()
+            if e.asset_key.path[-1] == "curated_splits"
+        }
+        assert len(checks) == 12 and all(checks[(m, "no_drive_or_place_leakage")] for m in ("de", "us", "cn", "jp"))
+        assert {k for k, passed in checks.items() if not passed} == {("jp", "min_frames_per_split")}
+        assigned = catalog.query(
+            "select market || '/' || drive_id, count(distinct split) from split_assignments group by 1"
+        )
+        assert all(n == 1 for _, n in assigned)
+        assert {d for d, _ in assigned} == set(odd) - {"jp/ros2-services"}
