@@ -130,5 +130,9 @@ $(REVIEW_STAMP):
 	$(REVIEW_VENV)/bin/python -m pip install -q label-studio==$(LABEL_STUDIO_VERSION)
 	touch $@
 
+# The local review server (started once, kept running) and the demo split's review project per market.
+review: $(STAMP) $(DBT_MANIFEST) $(REVIEW_STAMP)
+	$(PY) -m ad_platform review --markets $(DEMO_MARKETS)
+
 clean:
 	rm -rf $(AD_STATE_DIR)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dagster import instance_for_test
 
+from ad_resources.label_studio import LABEL_STUDIO_VERSION, LocalLabelStudio, LocalServer
 from tests.support.platform import LocalPlatform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +35,17 @@ def de_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.splits import synced_fleet
 
     return synced_fleet(tmp_path_factory.mktemp("de_fleet"), "de", drives=3, minutes=0.5)
+
+
+@pytest.fixture(scope="session")
+def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """A real Label Studio on loopback (SQLite under a temporary folder), from ``.venv-review``.
+
+    Never installed here (``make review-venv`` does, and ``.ci/run`` builds it beside the demo): without it the
+    tests that need it skip with the reason."""
+    home = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"))
+    if not home.binary.is_file():
+        pytest.skip(f"{home.binary} not found: `make review-venv` installs label-studio=={LABEL_STUDIO_VERSION}")
+    server = home.ensure_running(log=lambda line: print(line))
+    yield server
+    home.stop()
