@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, SkipReason, build_sensor_context, instance_for_test
+from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from mcap.reader import make_reader
-from mcap_protobuf.decoder import DecoderFactory
 
 from ad_common.lake_layout import REVIEW_VERDICTS, recording_path, split_manifest_path
 from ad_common.stages import REVIEW_JOB
@@ -66,11 +66,11 @@ def fleet() -> Iterator[Fleet]:
         yield Fleet(state, defs, instance)
 
 
-def _with_server(fleet: Fleet, url: str, token: str) -> Definitions:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AD_LABEL_STUDIO_URL", url)
-        mp.setenv("AD_LABEL_STUDIO_TOKEN", token)
-        return build_definitions()
+def _with_server(monkeypatch: pytest.MonkeyPatch, url: str, token: str) -> Definitions:
+    """The platform's definitions pointed at ``url`` (EnvVars: set for the rest of the test)."""
+    monkeypatch.setenv("AD_LABEL_STUDIO_URL", url)
+    monkeypatch.setenv("AD_LABEL_STUDIO_TOKEN", token)
+    return build_definitions()
 
 
 def _materialize(defs: Definitions, fleet: Fleet, asset: str, raise_on_error: bool = True) -> object:
@@ -106,17 +106,19 @@ def test_every_synced_drive_has_a_recording_that_reads_back_frame_for_frame(flee
         frames = pq.read_table(drive_dir / "frames.parquet")
         lidar_rows = set(frames.column("lidar_top_points.row_index").drop_null().to_pylist())
         with open(fleet.lake / recording_path("de", drive_dir.name), "rb") as f:
-            reader = make_reader(f, decoder_factories=[DecoderFactory()])
+            reader = make_reader(f)
             counts: dict[str, int] = {}
-            first_image = None
+            first_image = first_sync = None
             log_times = []
-            for _, channel, message, decoded in reader.iter_decoded_messages(
+            for _, channel, message in reader.iter_messages(
                 topics=["/camera/camera_front_compressed", "/lidar/lidar_top_points", "/sync/error"]
             ):
                 counts[channel.topic] = counts.get(channel.topic, 0) + 1
                 if channel.topic == "/camera/camera_front_compressed":
                     log_times.append(message.log_time)
-                    first_image = first_image or decoded
+                    first_image = first_image or CompressedImage.FromString(message.data)
+                if channel.topic == "/sync/error":
+                    first_sync = first_sync or json.loads(message.data)
             summary = reader.get_summary()
         assert summary is not None and summary.statistics is not None
         topics = {summary.channels[c].topic: n for c, n in summary.statistics.channel_message_counts.items()}
@@ -134,14 +136,16 @@ def test_every_synced_drive_has_a_recording_that_reads_back_frame_for_frame(flee
         camera = fleet.lake / "decoded" / "de" / drive_dir.name / "mcap__camera_front_compressed.parquet"
         assert first_image is not None and first_image.data == read_frame(camera, 0)
         assert first_image.format == "jpeg"
+        assert first_sync is not None and isinstance(first_sync["imu_data"], float)
+        assert isinstance(first_sync["out_of_tolerance"], list)
     metadata = fleet.metadata("drive_recording")
     assert 15 <= float(str(metadata["mib_per_minute"])) <= 60
 
 
 def test_review_loop_push_answer_poll_and_the_next_split_excludes_the_rejections(
-    fleet: Fleet, label_studio_server: LocalServer
+    fleet: Fleet, label_studio_server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    defs = _with_server(fleet, label_studio_server.url, label_studio_server.token)
+    defs = _with_server(monkeypatch, label_studio_server.url, label_studio_server.token)
     client = LabelStudioClient(label_studio_server.url, label_studio_server.token)
 
     started = time.monotonic()
@@ -199,14 +203,14 @@ def test_review_loop_push_answer_poll_and_the_next_split_excludes_the_rejections
     print(f"\nreview figures: push {push_s:.1f} s ({len(tasks)} tasks), poll {poll_s:.1f} s ({len(verdicts)} verdicts)")
 
 
-def test_an_unreachable_server_fails_clearly_and_loses_nothing(fleet: Fleet) -> None:
+def test_an_unreachable_server_fails_clearly_and_loses_nothing(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     project = fleet.lake / "review" / "de" / "projects" / "v1.json"
     if not project.exists():  # the loop test did not run (no Label Studio): a project file stands in
         project.parent.mkdir(parents=True, exist_ok=True)
         project.write_text(json.dumps({"project_id": 1, "server": "http://127.0.0.1:9"}))
     verdicts = fleet.lake / REVIEW_VERDICTS.path("de", "v1")
     before = verdicts.read_bytes() if verdicts.exists() else None
-    defs = _with_server(fleet, "http://127.0.0.1:9", "any-token")
+    defs = _with_server(monkeypatch, "http://127.0.0.1:9", "any-token")
     run = _materialize(defs, fleet, "review_verdicts", raise_on_error=False)
     assert not run.success
     failure = next(e for e in run.all_events if e.is_step_failure)
@@ -216,11 +220,13 @@ def test_an_unreachable_server_fails_clearly_and_loses_nothing(fleet: Fleet) -> 
     assert isinstance(skipped, SkipReason) and "unreachable" in str(skipped.skip_message)
 
 
-def test_screenshot_of_the_review_project_in_headless_chromium(fleet: Fleet, label_studio_server: LocalServer) -> None:
+def test_screenshot_of_the_review_project_in_headless_chromium(
+    fleet: Fleet, label_studio_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's `chromium` package (.ci/run does when it is missing)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip package playwright (pinned in pyproject)")
-    defs = _with_server(fleet, label_studio_server.url, label_studio_server.token)
+    defs = _with_server(monkeypatch, label_studio_server.url, label_studio_server.token)
     _materialize(defs, fleet, "review_project")
     project_id = int(str(fleet.metadata("review_project")["project_id"]))
     task_id = LabelStudioClient(label_studio_server.url, label_studio_server.token).tasks(project_id)[0].id
