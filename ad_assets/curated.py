@@ -105,6 +105,18 @@ def read_lake_parquet(lake: Lake, relpath: str, columns: list[str] | None = None
         return pq.read_table(local / name, columns=columns)
 
 
+def read_split_manifest(lake: Lake, market: str, split_version: str) -> pa.Table:
+    """The market's manifest of ``split_version``; a missing one says which asset to materialize."""
+    manifest_rel = split_manifest_path(market, split_version)
+    manifest = read_lake_parquet(lake, manifest_rel)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"no split manifest {lake.uri(manifest_rel)}: materialize "
+            f"{CURATED_SPLITS.key(market).to_user_string()} first"
+        )
+    return manifest.cast(SPLIT_MANIFEST_SCHEMA)
+
+
 def read_lake_frame(lake: Lake, camera_rel: str, index: int) -> bytes:
     """The JPEG of frame ``index`` of a decoded camera table (lake-relative path)."""
     folder, name = camera_rel.rsplit("/", 1)
@@ -428,13 +440,7 @@ def definitions(market: str) -> Definitions:
         "value, a static review page (open index.html in a browser) and a FiftyOne image-classification export.",
     )
     def split_review(context: AssetExecutionContext, config: SplitSettings, lake: Lake) -> MaterializeResult:
-        manifest_rel = split_manifest_path(market, config.split_version)
-        manifest = read_lake_parquet(lake, manifest_rel)
-        if manifest is None:
-            raise FileNotFoundError(
-                f"no split manifest {lake.uri(manifest_rel)}: materialize {splits_key.to_user_string()} first"
-            )
-        manifest = manifest.cast(SPLIT_MANIFEST_SCHEMA)
+        manifest = read_split_manifest(lake, market, config.split_version)
         sha = sha256_bytes(manifest_bytes(manifest))
         frames = sample_frames(manifest, config.split_version)
 

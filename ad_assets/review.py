@@ -14,16 +14,14 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, DataVersion, Definitions, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from ad_assets.curated import read_lake_frame, read_lake_parquet
+from ad_assets.curated import read_lake_frame, read_lake_parquet, read_split_manifest
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.lake_layout import (
     DRIVE_CHECKS,
     REVIEW_VERDICTS,
-    SPLIT_MANIFEST_SCHEMA,
     review_project_path,
-    split_manifest_path,
 )
-from ad_common.stages import CURATED_SPLITS, REVIEW_PROJECT, REVIEW_VERDICTS_STAGE
+from ad_common.stages import REVIEW_PROJECT, REVIEW_VERDICTS_STAGE
 from ad_core.curate.manifest import REJECT, manifest_bytes, sha256_bytes
 from ad_core.curate.review_tasks import (
     TaskAnswer,
@@ -82,8 +80,6 @@ def answers_fingerprint(items: list[TaskAnswer]) -> str:
 
 
 def definitions(market: str) -> Definitions:
-    splits_key = CURATED_SPLITS.key(market)
-
     @asset(
         **stage_asset_args(REVIEW_PROJECT, market),
         kinds={"labelstudio"},
@@ -96,13 +92,7 @@ def definitions(market: str) -> Definitions:
         context: AssetExecutionContext, config: ReviewSettings, lake: Lake, label_studio: LabelStudioResource
     ) -> MaterializeResult:
         started = time.monotonic()
-        manifest_rel = split_manifest_path(market, config.split_version)
-        manifest = read_lake_parquet(lake, manifest_rel)
-        if manifest is None:
-            raise FileNotFoundError(
-                f"no split manifest {lake.uri(manifest_rel)}: materialize {splits_key.to_user_string()} first"
-            )
-        manifest = manifest.cast(SPLIT_MANIFEST_SCHEMA)
+        manifest = read_split_manifest(lake, market, config.split_version)
         drives = set(manifest.column("drive_id").to_pylist())
         synced_paths = dict(
             zip(manifest.column("drive_id").to_pylist(), manifest.column("synced_path").to_pylist(), strict=True)

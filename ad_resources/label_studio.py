@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,25 +219,26 @@ class LocalLabelStudio:
     def __init__(self, home: Path, venv: Path = REVIEW_VENV) -> None:
         self.home = home
         self.binary = venv / "bin" / "label-studio"
-        self._state = home / "server.json"
+        self.state_file = home / "server.json"
 
     def running(self) -> LocalServer | None:
-        if not self._state.is_file():
+        if not self.state_file.is_file():
             return None
-        server = LocalServer(**json.loads(self._state.read_text()))
+        server = LocalServer(**json.loads(self.state_file.read_text()))
         return server if server.pid and _alive(server.pid) and _healthy(server.url) else None
 
     def ensure_running(self, log: Any = print) -> LocalServer:
         """The running server, or a new one (the first start creates the reviewer and its token)."""
-        server = self.running()
-        if server is not None:
-            return server
+        return self.running() or self.launch(log).wait()
+
+    def launch(self, log: Any = print) -> Launch:
+        """Start the server without waiting for it (callers overlap its ~2 min start with other work)."""
         if not self.binary.is_file():
             raise LabelStudioUnreachable(
                 f"no local Label Studio: {self.binary} is missing; run `make review-venv` (label-studio=="
                 f"{LABEL_STUDIO_VERSION} in its own venv), or point AD_LABEL_STUDIO_URL at your team's server"
             )
-        previous = json.loads(self._state.read_text()) if self._state.is_file() else {}
+        previous = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
         token = previous.get("token") or secrets.token_hex(20)
         password = previous.get("password") or secrets.token_urlsafe(12)
         port = _free_port()
@@ -254,19 +255,7 @@ class LocalLabelStudio:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.home
             )
-        started = time.monotonic()
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                tail = (self.home / "server.log").read_text(errors="replace")[-1500:]
-                raise LabelStudioUnreachable(f"Label Studio did not start on {url}; the end of its log:\n{tail}")
-            time.sleep(1.0)
-        server = LocalServer(url, token, LOCAL_USER, password, process.pid)
-        write_bytes_atomic(self._state, json.dumps(server.__dict__, indent=1).encode())
-        self._state.chmod(0o600)
-        log(f"Label Studio up after {time.monotonic() - started:.0f} s")
-        return server
+        return Launch(self, process, LocalServer(url, token, LOCAL_USER, password, process.pid), log)
 
     def stop(self) -> bool:
         server = self.running()
@@ -274,6 +263,30 @@ class LocalLabelStudio:
             return False
         os.killpg(server.pid, signal.SIGTERM)
         return True
+
+
+@dataclass
+class Launch:
+    """A local server that was started; :meth:`wait` returns it once ``/health`` answers."""
+
+    home: LocalLabelStudio
+    process: subprocess.Popen[bytes]
+    server: LocalServer
+    log: Any
+    started: float = field(default_factory=time.monotonic)
+
+    def wait(self) -> LocalServer:
+        while not _healthy(self.server.url):
+            if self.process.poll() is not None or time.monotonic() - self.started > START_TIMEOUT_S:
+                if self.process.poll() is None:
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                tail = (self.home.home / "server.log").read_text(errors="replace")[-1500:]
+                raise LabelStudioUnreachable(f"Label Studio did not start on {self.server.url}; its log ends:\n{tail}")
+            time.sleep(1.0)
+        write_bytes_atomic(self.home.state_file, json.dumps(self.server.__dict__, indent=1).encode())
+        self.home.state_file.chmod(0o600)
+        self.log(f"Label Studio up after {time.monotonic() - self.started:.0f} s")
+        return self.server
 
 
 def local_home() -> Path:

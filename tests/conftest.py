@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dagster import instance_for_test
 
-from ad_resources.label_studio import LABEL_STUDIO_VERSION, LocalLabelStudio, LocalServer
+from ad_resources.label_studio import LABEL_STUDIO_VERSION, Launch, LocalLabelStudio, LocalServer
 from tests.support.platform import LocalPlatform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +40,23 @@ def de_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    """A real Label Studio on loopback (SQLite under a temporary folder), from ``.venv-review``.
-
-    Never installed here (``make review-venv`` does, and ``.ci/run`` builds it beside the demo): without it the
-    tests that need it skip with the reason."""
+def label_studio_launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch | str]:
+    """Starts a real Label Studio on loopback (SQLite under a temporary folder) from ``.venv-review`` without
+    waiting: a fixture that builds a fleet first takes this one, so the server's start overlaps it. Never
+    installs it (``make review-venv`` does, ``.ci/run`` builds it beside the demo): without it, the reason."""
     home = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"))
     if not home.binary.is_file():
-        pytest.skip(f"{home.binary} not found: `make review-venv` installs label-studio=={LABEL_STUDIO_VERSION}")
-    server = home.ensure_running(log=lambda line: print(line))
-    yield server
-    home.stop()
+        yield f"{home.binary} not found: `make review-venv` installs label-studio=={LABEL_STUDIO_VERSION}"
+        return
+    launch = home.launch(log=lambda line: print(line))
+    yield launch
+    if launch.process.poll() is None:
+        os.killpg(launch.process.pid, signal.SIGTERM)
+        launch.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def label_studio_server(label_studio_launch: Launch | str) -> LocalServer:
+    if isinstance(label_studio_launch, str):
+        pytest.skip(label_studio_launch)
+    return label_studio_launch.wait()

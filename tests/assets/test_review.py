@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -42,7 +43,7 @@ class Fleet:
     def lake(self) -> Path:
         return self.state / "lake"
 
-    def manifest(self) -> pq.Table:
+    def manifest(self) -> pa.Table:
         return pq.read_table(self.lake / split_manifest_path("de", "v1"))
 
     def metadata(self, asset: str) -> dict[str, object]:
@@ -52,7 +53,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
+def fleet(label_studio_launch: object) -> Iterator[Fleet]:  # the server starts while the fleet is built
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp, instance_for_test() as instance:
         state = Path(tmp) / ".state"
         for var in ("AD_LANDING_DIR", "AD_LAKE_DIR", "AD_CATALOG_PATH", "DAGSTER_HOME", "AD_LABEL_STUDIO_URL"):
@@ -233,17 +234,18 @@ def test_screenshot_of_the_review_project_in_headless_chromium(
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(f"{label_studio_server.url}/user/login/")
             page.fill("input[name=email]", label_studio_server.username)
             page.fill("input[name=password]", label_studio_server.password)
             page.click("button[type=submit]")
-            page.wait_for_url("**/projects/**", timeout=60_000)
+            page.wait_for_function("() => !location.pathname.startsWith('/user/login')", timeout=60_000)
             page.goto(f"{label_studio_server.url}/projects/{project_id}/data?task={task_id}")
             page.get_by_text("whole drive unusable", exact=False).first.wait_for(timeout=90_000)
             page.wait_for_function(
                 "() => [...document.images].some(i => i.complete && i.naturalWidth > 100)", timeout=60_000
             )
+            page.wait_for_timeout(1500)  # the image fades in
             DOCS_SHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(DOCS_SHOT))
         finally:
