@@ -5,6 +5,8 @@ the next split version; and the MCAP recording of every synced drive read back w
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -222,8 +224,9 @@ def test_an_unreachable_server_fails_clearly_and_loses_nothing(fleet: Fleet, mon
 
 
 def test_screenshot_of_the_review_project_in_headless_chromium(
-    fleet: Fleet, label_studio_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    fleet: Fleet, label_studio_server: LocalServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """A review task as a reviewer sees it; AD_UPDATE_DOCS_IMAGES=1 also writes it to docs/img/."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's `chromium` package (.ci/run does when it is missing)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip package playwright (pinned in pyproject)")
@@ -246,11 +249,13 @@ def test_screenshot_of_the_review_project_in_headless_chromium(
                 "() => [...document.images].some(i => i.complete && i.naturalWidth > 100)", timeout=60_000
             )
             page.wait_for_timeout(1500)  # the image fades in
-            DOCS_SHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(DOCS_SHOT))
+            shot = tmp_path / DOCS_SHOT.name
+            page.screenshot(path=str(shot))
         finally:
             browser.close()
-    assert DOCS_SHOT.stat().st_size > 30_000
+    assert shot.stat().st_size > 30_000
+    if os.environ.get("AD_UPDATE_DOCS_IMAGES") == "1":
+        shutil.copyfile(shot, DOCS_SHOT)
 
 
 def test_the_resource_without_a_url_points_at_the_local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
