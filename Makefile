@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor bench-curate bench-train mlflow-ui clean lock deploy-check checkov dbt-manifest dbt-docs
+.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor bench-curate bench-train mlflow-ui clean lock deploy-check checkov dbt-manifest dbt-docs review-venv review
 
 venv: $(STAMP)
 
@@ -117,6 +117,22 @@ checkov:
 	fi; \
 	if [ -f $(CHECKOV_STAMP) ]; then \
 	  $(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform -d deploy/terraform; fi
+
+# Label Studio (the review server, docs/review.md) in its own venv: it brings Django and pins of its own that
+# clash with the platform's. Created once (stamp); `.ci/run` builds it in the background while the demo runs.
+REVIEW_VENV := .venv-review
+LABEL_STUDIO_VERSION := 1.23.2
+REVIEW_STAMP := $(REVIEW_VENV)/.label-studio-$(LABEL_STUDIO_VERSION)
+review-venv: $(REVIEW_STAMP)
+$(REVIEW_STAMP):
+	rm -rf $(REVIEW_VENV)
+	$(PYTHON_BIN) -m venv $(REVIEW_VENV)
+	$(REVIEW_VENV)/bin/python -m pip install -q label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+# The local review server (started once, kept running) and the demo split's review project per market.
+review: $(STAMP) $(DBT_MANIFEST) $(REVIEW_STAMP)
+	$(PY) -m ad_platform review --markets $(DEMO_MARKETS)
 
 clean:
 	rm -rf $(AD_STATE_DIR)

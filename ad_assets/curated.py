@@ -35,6 +35,7 @@ from ad_common.lake_layout import (
     FRAMES_FILE,
     ODD_TAGS,
     ODD_UNKNOWN,
+    REVIEW_VERDICTS,
     SPLIT_ASSIGNMENTS,
     SPLIT_MANIFEST_SCHEMA,
     SPLITS,
@@ -48,6 +49,7 @@ from ad_common.lake_layout import (
 )
 from ad_common.stages import CURATED_SPLITS, ODD_TAGS_STAGE, SPLIT_REVIEW, SYNCED_FRAMES
 from ad_core.curate.manifest import (
+    Verdict,
     build_manifest,
     frame_drive_splits,
     frames_per_split,
@@ -55,6 +57,7 @@ from ad_core.curate.manifest import (
     parse_rejections,
     previous_splits,
     sha256_bytes,
+    verdicts_from_records,
 )
 from ad_core.curate.odd import tag_synced_drive
 from ad_core.curate.review import sample_frames, write_review
@@ -93,15 +96,34 @@ class SplitSettings(Config):
     min_frames_per_split: int = Field(default=SplitConfig.min_frames_per_split)
 
 
-def _read_parquet(lake: Lake, relpath: str) -> pa.Table | None:
+def read_lake_parquet(lake: Lake, relpath: str, columns: list[str] | None = None) -> pa.Table | None:
     if not lake.exists(relpath):
         return None
     folder, name = relpath.rsplit("/", 1)
     with lake.local_dir(folder) as local:
-        return pq.read_table(local / name)
+        return pq.read_table(local / name, columns=columns)
 
 
-def _sync_reference(instance: DagsterInstance, market: str, drive_id: str) -> str | None:
+def read_split_manifest(lake: Lake, market: str, split_version: str) -> pa.Table:
+    """The market's manifest of ``split_version``; a missing one says which asset to materialize."""
+    manifest_rel = split_manifest_path(market, split_version)
+    manifest = read_lake_parquet(lake, manifest_rel)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"no split manifest {lake.uri(manifest_rel)}: materialize "
+            f"{CURATED_SPLITS.key(market).to_user_string()} first"
+        )
+    return manifest.cast(SPLIT_MANIFEST_SCHEMA)
+
+
+def read_lake_frame(lake: Lake, camera_rel: str, index: int) -> bytes:
+    """The JPEG of frame ``index`` of a decoded camera table (lake-relative path)."""
+    folder, name = camera_rel.rsplit("/", 1)
+    with lake.local_dir(folder) as local:
+        return read_frame(local / name, index)
+
+
+def sync_reference(instance: DagsterInstance, market: str, drive_id: str) -> str | None:
     """The reference stream the drive's latest synced frames were built on (its synced_frames metadata)."""
     result = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=SYNCED_FRAMES.key(market), asset_partitions=[drive_id]), limit=1
@@ -206,13 +228,23 @@ def _candidates(
     return candidates, left_out, synced_sha, references
 
 
-def _rejections(lake: Lake, market: str) -> list[Any]:
+def _verdicts(lake: Lake, market: str) -> list[Verdict]:
+    """Every verdict on the market's frames: reviewers' CSV files and the Label Studio review_verdicts records."""
+    out: list[Verdict] = []
     folder = rejections_dir(market)
-    paths = lake.list_files(folder, ".csv")
-    if not paths:
-        return []
-    with lake.local_dir(folder) as local:
-        return [r for p in paths for r in parse_rejections(p, (local / p[len(folder) + 1 :]).read_text())]
+    if paths := lake.list_files(folder, ".csv"):
+        with lake.local_dir(folder) as local:
+            out += [r for p in paths for r in parse_rejections(p, (local / p[len(folder) + 1 :]).read_text())]
+    for path in lake.list_files(REVIEW_VERDICTS.market_folder(market), ".parquet"):
+        out += verdicts_from_records(read_lake_parquet(lake, path) or REVIEW_VERDICTS.schema.empty_table())
+    return out
+
+
+def _applied(manifest: pa.Table) -> dict[str, int]:
+    """Excluded frames per kind of verdict source (csv file / label-studio)."""
+    sources = manifest.filter(manifest.column("excluded")).column("exclusion_source").to_pylist()
+    kinds = ["label-studio" if s.startswith("label-studio ") else "csv" for s in sources]
+    return {k: kinds.count(k) for k in sorted(set(kinds))}
 
 
 def _split_summary(manifest: pa.Table) -> dict[str, dict[str, int]]:
@@ -255,7 +287,7 @@ def definitions(market: str) -> Definitions:
     )
     def odd_tags(context: AssetExecutionContext, lake: Lake) -> MaterializeResult:
         records = {
-            d: _tag_one_drive(lake, market, d, _sync_reference(context.instance, market, d))
+            d: _tag_one_drive(lake, market, d, sync_reference(context.instance, market, d))
             for d in context.partition_keys
         }
         unknown = {d: {t: r[f"{t}_reason"] for t in ODD_TAGS if r[t] == ODD_UNKNOWN} for d, r in records.items()}
@@ -294,7 +326,8 @@ def definitions(market: str) -> Definitions:
         kinds={"parquet"},
         description=f"Train / val / test of the {market.upper()} market: leakage-free by drive and by place (H3 "
         "cells), ODD-stratified, stable within a split version (docs/curation.md). The frame-level manifest's "
-        "sha256 is the data version; reviewer rejections are listed in it as excluded frames.",
+        "sha256 is the data version; reviewers' rejections (CSV files and the Label Studio review_verdicts) are "
+        "listed in it as excluded frames, with the verdict each exclusion came from.",
     )
     def curated_splits(context: AssetExecutionContext, config: SplitSettings, lake: Lake) -> MaterializeResult:
         split_config = SplitConfig(
@@ -304,16 +337,17 @@ def definitions(market: str) -> Definitions:
         )
         manifest_rel = split_manifest_path(market, config.split_version)
         candidates, left_out, synced_sha, references = _candidates(lake, market)
-        previous = previous_splits(_read_parquet(lake, manifest_rel))
+        previous = previous_splits(read_lake_parquet(lake, manifest_rel))
         assignment = assign_splits(candidates.values(), previous, split_config)
         left_out.update(assignment.held_out)
         frame_tags = {
-            d: _read_parquet(lake, odd_frames_path(market, d)) or FRAME_TAGS_SCHEMA.empty_table()
+            d: read_lake_parquet(lake, odd_frames_path(market, d)) or FRAME_TAGS_SCHEMA.empty_table()
             for d in assignment.splits
         }
         synced = {d: (f"{synced_path(market, d)}/{FRAMES_FILE}", synced_sha[d]) for d in assignment.splits}
         cameras = {d: _camera_path(lake, market, d, references[d]) for d in assignment.splits}
-        manifest = build_manifest(market, assignment.splits, frame_tags, synced, cameras, _rejections(lake, market))
+        verdicts = _verdicts(lake, market)
+        manifest = build_manifest(market, assignment.splits, frame_tags, synced, cameras, verdicts)
         data = manifest_bytes(manifest)
         sha = sha256_bytes(data)
         with lake.write_dir(manifest_rel.rsplit("/", 1)[0]) as out:
@@ -392,6 +426,8 @@ def definitions(market: str) -> Definitions:
                 "split_counts": MetadataValue.json(summary),
                 "drives_left_out": MetadataValue.json(left_out),
                 "kept_from_previous": len(set(previous) & set(assignment.splits)),
+                "verdicts_read": len(verdicts),
+                "frames_excluded_by": MetadataValue.json(_applied(manifest)),
                 "place_groups": len(set(assignment.groups.values())),
             },
             check_results=checks,
@@ -404,24 +440,21 @@ def definitions(market: str) -> Definitions:
         "value, a static review page (open index.html in a browser) and a FiftyOne image-classification export.",
     )
     def split_review(context: AssetExecutionContext, config: SplitSettings, lake: Lake) -> MaterializeResult:
-        manifest_rel = split_manifest_path(market, config.split_version)
-        manifest = _read_parquet(lake, manifest_rel)
-        if manifest is None:
-            raise FileNotFoundError(
-                f"no split manifest {lake.uri(manifest_rel)}: materialize {splits_key.to_user_string()} first"
-            )
-        manifest = manifest.cast(SPLIT_MANIFEST_SCHEMA)
+        manifest = read_split_manifest(lake, market, config.split_version)
         sha = sha256_bytes(manifest_bytes(manifest))
         frames = sample_frames(manifest, config.split_version)
 
-        def jpeg(camera_rel: str, index: int) -> bytes:
-            folder, name = camera_rel.rsplit("/", 1)
-            with lake.local_dir(folder) as local:
-                return read_frame(local / name, index)
-
         review_rel = split_review_dir(market, config.split_version)
         with lake.write_dir(review_rel) as out:
-            stats = write_review(out, market, config.split_version, sha, frames, jpeg, _split_summary(manifest))
+            stats = write_review(
+                out,
+                market,
+                config.split_version,
+                sha,
+                frames,
+                lambda camera_rel, index: read_lake_frame(lake, camera_rel, index),
+                _split_summary(manifest),
+            )
             sheet = (out / "contact_sheet.jpg").read_bytes()
         context.log.info(f"review page: {lake.uri(review_rel)}/index.html ({stats['frames']} frames)")
         return MaterializeResult(

@@ -17,6 +17,9 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     odd/<market>/<drive_id>/frame_tags.parquet             odd_tags: per-frame ODD tags and geo cell (FRAME_TAGS_SCHEMA)
     catalog/drive_odd_tags/<market>/<drive_id>.parquet     odd_tags: derived ODD tags of one synced drive
     review/<market>/rejections/*.csv                       reviewer rejections (drive_id, frame_index, reason, ...)
+    review/<market>/projects/<split_version>.json          review_project: the Label Studio project of a split version
+    catalog/review_verdicts/<market>/<version>.parquet     review_verdicts: one row per reviewed Label Studio task
+    recordings/<market>/<drive_id>/recording.mcap          drive_recording: camera, lidar, signals, sync error
     reports/curated_splits/<market>/<split_version>/       split_review: contact sheet, review page, FiftyOne export
     catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
     catalog/drive_checks/<market>/<drive_id>@<stage>.parquet  a per-drive stage's asset-check outcomes for one drive
@@ -73,6 +76,16 @@ def odd_frames_path(market: str, drive_id: str) -> str:
 def rejections_dir(market: str) -> str:
     """Reviewers drop CSV files here (docs/curation.md); the next split version excludes what they list."""
     return f"review/{market}/rejections"
+
+
+def review_project_path(market: str, split_version: str) -> str:
+    """The Label Studio project a split version was pushed to (server URL, project id, tasks)."""
+    return f"review/{market}/projects/{split_version}.json"
+
+
+def recording_path(market: str, drive_id: str) -> str:
+    """A synced drive as one MCAP file with Foxglove schemas, for frame-by-frame review in a viewer."""
+    return f"recordings/{market}/{drive_id}/recording.mcap"
 
 
 def split_review_dir(market: str, split_version: str) -> str:
@@ -233,6 +246,7 @@ SPLIT_MANIFEST_SCHEMA = pa.schema(
         ("exclusion_reason", pa.string()),
         ("excluded_by", pa.string()),
         ("excluded_at", pa.string()),
+        ("exclusion_source", pa.string()),  # the verdict applied: "<csv file>:<line>" or the Label Studio task
     ]
 )
 
@@ -307,6 +321,33 @@ DRIVE_CHECKS = CatalogRecord(
             ("description", pa.string()),
             ("run_id", pa.string()),
             ("evaluated_at_ns", pa.int64()),
+        ]
+    ),
+)
+
+# Label Studio verdicts (docs/review.md): one file per market and split version, written by review_verdicts;
+# the next curated split excludes what they reject (path: REVIEW_VERDICTS.path(market, split_version)).
+REVIEW_VERDICTS = CatalogRecord(
+    name="review_verdicts",
+    description="One row per reviewed task of a Label Studio review project: the frame, accept or reject, the "
+    "reason (one reason rejects the whole drive), the note, who and when.",
+    folder="catalog/review_verdicts",
+    schema=pa.schema(
+        [
+            ("market", pa.string()),
+            ("split_version", pa.string()),
+            ("project_id", pa.int64()),
+            ("task_id", pa.int64()),
+            ("annotation_id", pa.int64()),
+            ("drive_id", pa.string()),
+            ("frame_index", pa.int64()),
+            ("verdict", pa.string()),  # accept | reject
+            ("reason", pa.string()),
+            ("whole_drive", pa.bool_()),
+            ("note", pa.string()),
+            ("reviewer", pa.string()),
+            ("reviewed_at", pa.string()),
+            ("source", pa.string()),  # "label-studio <url> project <p> task <t>"
         ]
     ),
 )
@@ -429,4 +470,5 @@ CATALOG_RECORDS: tuple[CatalogRecord, ...] = (
     MODEL_APPROVALS,
     ENGINES,
     ENGINE_LINEAGE,
+    REVIEW_VERDICTS,
 )

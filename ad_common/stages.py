@@ -359,7 +359,23 @@ QNN_JOB = JobSpec(
     description="Compile and profile the {market} ONNX engine for a Snapdragon device on Qualcomm AI Hub "
     "(needs an AI Hub API token).",
 )
-JOBS: tuple[JobSpec, ...] = (INGEST_JOB, MARKET_ASSETS_JOB, TRAIN_JOB, SEARCH_JOB, ONNX_JOB, TENSORRT_JOB, QNN_JOB)
+REVIEW_JOB = JobSpec(
+    name="review_projects",
+    per_market=False,
+    run_stage="curate",
+    description="Push each market's curated split to its Label Studio review project (stratified sample and every "
+    "flagged frame; re-pushing adds only new frames) and pull the verdicts back (`make review`, docs/review.md).",
+)
+JOBS: tuple[JobSpec, ...] = (
+    INGEST_JOB,
+    MARKET_ASSETS_JOB,
+    TRAIN_JOB,
+    SEARCH_JOB,
+    ONNX_JOB,
+    TENSORRT_JOB,
+    QNN_JOB,
+    REVIEW_JOB,
+)
 # The dbt metadata catalog (group "catalog", ad_assets/metadata_catalog.py): not a stage of the table, its assets
 # are the dbt models. Hourly, after the market assets (:17) have written the splits.
 METADATA_CATALOG_JOB = JobSpec(
@@ -436,6 +452,37 @@ SPLIT_REVIEW = AssetStage(
     upstream=(CURATED_SPLITS.name,),
     alerted=False,  # a report for reviewers, no checks of its own
 )
+# A synced drive as one MCAP file (Foxglove schemas) for frame-by-frame review in a viewer (docs/review.md).
+DRIVE_RECORDING = AssetStage(
+    "drive_recording",
+    group="synced",
+    pod="sync",
+    job=INGEST_JOB,
+    upstream=(SYNCED_FRAMES.name,),
+    alerted=False,  # a viewing aid: a failed recording never holds back the training data
+)
+# Review in Label Studio (docs/review.md): push a split version's frames, pull the verdicts back. The next
+# curated split reads the verdicts from the lake (a graph edge back to curated_splits would be a cycle).
+REVIEW_PROJECT = AssetStage(
+    "review_project",
+    group="review",
+    pod="curate",
+    job=REVIEW_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS.name,),
+    alerted=False,
+    freshness=False,  # pushed when a split is to be reviewed, not on a clock
+)
+REVIEW_VERDICTS_STAGE = AssetStage(
+    "review_verdicts",
+    group="review",
+    pod="curate",
+    job=REVIEW_JOB,
+    per_drive=False,
+    upstream=(REVIEW_PROJECT.name,),
+    alerted=False,
+    freshness=False,  # materialized by review_verdicts_sensor when reviewers answer
+)
 TRAINED_MODEL = AssetStage(
     "trained_model",
     group="models",
@@ -493,9 +540,12 @@ ASSET_STAGES: tuple[AssetStage, ...] = (
     DECODED_SIGNALS,
     SYNCED_FRAMES,
     SIGNAL_DRIFT,
+    DRIVE_RECORDING,
     ODD_TAGS_STAGE,
     CURATED_SPLITS,
     SPLIT_REVIEW,
+    REVIEW_PROJECT,
+    REVIEW_VERDICTS_STAGE,
     MODEL_SEARCH,
     TRAINED_MODEL,
     ONNX_ENGINE,

@@ -1,5 +1,5 @@
-"""Command line of the platform: `python -m ad_platform COMMAND` (run-once, demo, metrics, approve, rollback, models,
-lineage, decode)."""
+"""Command line of the platform: `python -m ad_platform COMMAND` (run-once, demo, review, metrics, approve, rollback,
+models, lineage, decode)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nlake: {settings.lake_dir()}\n"
         f"catalog: duckdb {settings.catalog_path()}  (views: {', '.join(CATALOG_VIEWS)})\n"
         f"metadata catalog (dbt models, docs/catalog.md): duckdb -readonly {settings.metadata_catalog_path()}\n"
-        "UI: run `make dev` and open http://127.0.0.1:3000 (asset checks and failed runs are under each asset)"
+        "UI: run `make dev` and open http://127.0.0.1:3000 (asset checks and failed runs are under each asset)\n"
+        f"recordings (MCAP, open in Foxglove or Lichtblick): {settings.lake_dir() / 'recordings'}/<market>/<drive>/\n"
+        "review: run `make review`: it starts Label Studio on 127.0.0.1 and pushes each market's split as a review "
+        "project; verdicts flow back with `python -m ad_platform review --poll` (or the review_verdicts_sensor under "
+        "`make dev`) into the next split version (docs/review.md)"
     )
     unexpected = [o for o in failed if o.drive_id not in expected_failures]
     if not drift_ok:
@@ -132,6 +136,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not catalog_run.success:
         print("  FAILED metadata catalog run (a dbt model or test failed; see the UI)")
     return 1 if unexpected or not drift_ok or not catalog_run.success or not engines_ok else 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Start the local Label Studio (unless AD_LABEL_STUDIO_URL names a server), push or poll the review projects."""
+    import os
+
+    from ad_common.lake_layout import review_project_path, split_manifest_path
+    from ad_common.stages import REVIEW_JOB, REVIEW_PROJECT, REVIEW_VERDICTS_STAGE
+    from ad_platform.definitions import defs
+    from ad_resources.label_studio import LabelStudioError, LocalLabelStudio, local_home
+
+    local = LocalLabelStudio(local_home())
+    if args.stop:
+        print("stopped the local Label Studio" if local.stop() else "the local Label Studio is not running")
+        return 0
+    try:
+        server = None if os.environ.get("AD_LABEL_STUDIO_URL") else local.ensure_running()
+    except LabelStudioError as exc:
+        print(f"review: {exc}", file=sys.stderr)
+        return 1
+    lake = defs.resources["lake"]
+    stage, needs = (REVIEW_VERDICTS_STAGE, review_project_path) if args.poll else (REVIEW_PROJECT, split_manifest_path)
+    markets = [m for m in args.markets.split(",") if m and lake.exists(needs(m, args.split_version))]
+    if not markets:
+        print(
+            f"review: no market has {'a review project' if args.poll else 'a curated split'} {args.split_version} "
+            "yet (run `make demo` first)",
+            file=sys.stderr,
+        )
+        return 1
+    started = time.monotonic()
+    run = defs.resolve_job_def(REVIEW_JOB.name).execute_in_process(
+        instance=local_instance(),
+        raise_on_error=False,
+        asset_selection=[stage.key(m) for m in markets],
+        run_config={
+            **_quiet(),
+            **(
+                {}
+                if args.poll
+                else {
+                    "ops": {
+                        REVIEW_PROJECT.key(m).to_python_identifier(): {"config": {"split_version": args.split_version}}
+                        for m in markets
+                    }
+                }
+            ),
+        },
+    )
+    for event in run.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        market = event.asset_key.path[0].upper()
+        if args.poll:
+            print(f"  {market}: {meta['dagster/row_count']} verdict(s), {meta['rejected']} rejection(s)")
+        else:
+            print(f"  {market}: {meta['tasks']} task(s) ({meta['tasks_pushed']} new) {meta['project_url']}")
+    print(f"{'polled' if args.poll else 'pushed'} in {time.monotonic() - started:.1f} s")
+    if server is not None:
+        print(
+            f"log in at {server.url} as {server.username} / {server.password} "
+            "(stop: python -m ad_platform review --stop)"
+        )
+    if not run.success:
+        print("review: FAILED (see the errors above or the UI)", file=sys.stderr)
+    return 0 if run.success else 1
 
 
 def _quiet() -> dict[str, object]:
@@ -465,6 +534,15 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the two deliberately bad drives that show quarantine and a blocking check",
     )
     demo.set_defaults(func=cmd_demo)
+
+    review = sub.add_parser(
+        "review", help="start the local Label Studio and push each market's split as a review project (docs/review.md)"
+    )
+    review.add_argument("--markets", default="de,us,cn,jp")
+    review.add_argument("--split-version", default="v1")
+    review.add_argument("--poll", action="store_true", help="pull the verdicts instead (what the sensor does)")
+    review.add_argument("--stop", action="store_true", help="stop the local Label Studio")
+    review.set_defaults(func=cmd_review)
 
     metrics = sub.add_parser("metrics", help="serve pipeline metrics (Prometheus text format) on /metrics")
     metrics.add_argument("--port", type=int, default=9464, help="port of /metrics (default 9464)")

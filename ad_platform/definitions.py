@@ -15,7 +15,7 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import curated, decoded, drift, engines, metadata_catalog, models, raw, synced
+from ad_assets import curated, decoded, drift, engines, metadata_catalog, models, raw, recording, review, synced
 from ad_common import settings
 from ad_common.markets import MARKETS
 from ad_common.stages import (
@@ -29,11 +29,13 @@ from ad_common.stages import (
 )
 from ad_platform.json_logging import platform_loggers
 from ad_resources.alerts import AlertWebhook
+from ad_resources.label_studio import LabelStudioResource
 from ad_resources.quality import GreatExpectationsResource
 from ad_resources.s3 import resources_from_env
 from ad_resources.tracking import tracking_from_env
 from ad_sensors.alerts import build_alert_sensor
 from ad_sensors.landing import build_landing_sensor
+from ad_sensors.review import build_review_sensor
 
 # BackfillPolicy is beta in Dagster 1.13 but exactly what per-drive batching needs; say so once, in docs.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=BetaWarning)
@@ -54,6 +56,12 @@ def _jobs(spec: JobSpec) -> list[UnresolvedAssetJobDefinition]:
     ]
 
 
+def label_studio_from_env() -> LabelStudioResource:
+    if not os.environ.get("AD_LABEL_STUDIO_URL"):
+        return LabelStudioResource()
+    return LabelStudioResource(url=EnvVar("AD_LABEL_STUDIO_URL"), token=EnvVar("AD_LABEL_STUDIO_TOKEN"))
+
+
 def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
     """``lateness_slo`` (landing -> synced frames) is given to both the synced_frames check and the alert sensor."""
     stages = [
@@ -64,7 +72,9 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             decoded.definitions(market),
             synced.definitions(market, lateness_slo=lateness_slo),
             drift.definitions(market),
+            recording.definitions(market),
             curated.definitions(market),
+            review.definitions(market),
             models.definitions(market),
             engines.definitions(market),
         )
@@ -83,6 +93,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         sensors=[
             build_landing_sensor(jobs["ingest"]),
             build_alert_sensor(MARKETS, alerted_asset_keys(MARKETS), lateness_slo=lateness_slo),
+            build_review_sensor(MARKETS),
         ],
         schedules=[
             ScheduleDefinition(job=job, cron_schedule=spec.cron)
@@ -101,6 +112,9 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             "mlflow_tracking": tracking_from_env(settings.state_dir(), in_definitions=True),
             # EnvVar keeps the (often secret) URL out of the UI; unset: alerts are only logged.
             "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
+            # Review projects (docs/review.md): the local Label Studio under .state/ unless AD_LABEL_STUDIO_URL
+            # (and the token, a secret: EnvVar keeps it out of the UI) name a team's server.
+            "label_studio": label_studio_from_env(),
         },
     )
     return Definitions.merge(*stages, metadata_catalog.definitions(), platform)

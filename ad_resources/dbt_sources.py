@@ -40,6 +40,7 @@ RECORD_STAGES: dict[str, tuple[str, ...]] = {
     "model_approvals": ("trained_model",),  # written by the approve/rollback CLI about trained_model versions
     "engines": ("onnx_engine", "tensorrt_engine", "qnn_engine"),
     "engine_lineage": ("onnx_engine", "tensorrt_engine", "qnn_engine"),
+    "review_verdicts": ("review_verdicts",),
 }
 
 

@@ -1,8 +1,10 @@
-"""The split manifest (one row per frame, ``SPLIT_MANIFEST_SCHEMA``) and the reviewers' rejection files.
+"""The split manifest (one row per frame, ``SPLIT_MANIFEST_SCHEMA``) and the reviewers' verdicts it applies.
 
-Rejections are CSV files with the header ``drive_id,frame_index,reason,reviewer,at``; an empty ``frame_index``
-rejects the whole drive. Rejected frames stay in the manifest with ``excluded = true`` and who/when/why, so
-the manifest says what was left out and training never sees it.
+Verdicts come two ways, into one type (:class:`Verdict`) and one rule: CSV files with the header
+``drive_id,frame_index,reason,reviewer,at`` (every row a rejection), and the ``review_verdicts`` records of the
+Label Studio review projects (``REVIEW_VERDICTS``, docs/review.md). A verdict without a frame index is about
+the whole drive. Rejected frames stay in the manifest with ``excluded = true`` and who/when/why/where from,
+so the manifest says what was left out and training never sees it.
 """
 
 from __future__ import annotations
@@ -20,22 +22,41 @@ import pyarrow.parquet as pq
 from ad_common.lake_layout import ODD_TAGS, SPLIT_MANIFEST_SCHEMA
 
 REJECTION_COLUMNS = ("drive_id", "frame_index", "reason", "reviewer", "at")
+ACCEPT, REJECT = "accept", "reject"
 
 
 @dataclass(frozen=True)
-class Rejection:
+class Verdict:
     drive_id: str
     frame_index: int | None  # None: the whole drive
     reason: str
     reviewer: str
     at: str
+    source: str  # where the verdict was given: "<csv file>:<line>" or "label-studio <url> project <p> task <t>"
+    verdict: str = REJECT
+
+
+def verdicts_from_records(table: pa.Table) -> list[Verdict]:
+    """The Label Studio verdicts of ``REVIEW_VERDICTS`` records (one row per reviewed task)."""
+    return [
+        Verdict(
+            drive_id=r["drive_id"],
+            frame_index=None if r["whole_drive"] else r["frame_index"],
+            reason=r["reason"] or "",
+            reviewer=r["reviewer"] or "",
+            at=r["reviewed_at"] or "",
+            source=r["source"],
+            verdict=r["verdict"],
+        )
+        for r in table.to_pylist()
+    ]
 
 
 class RejectionFileError(ValueError):
     pass
 
 
-def parse_rejections(name: str, text: str) -> list[Rejection]:
+def parse_rejections(name: str, text: str) -> list[Verdict]:
     """Rejections of one CSV file; a missing column or a bad frame index names the file and line."""
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in ("drive_id", "reason") if c not in (reader.fieldnames or [])]
@@ -49,12 +70,13 @@ def parse_rejections(name: str, text: str) -> list[Rejection]:
         if not (row.get("reason") or "").strip():
             raise RejectionFileError(f"{name}, line {line}: a rejection needs a reason")
         out.append(
-            Rejection(
+            Verdict(
                 drive_id=row["drive_id"].strip(),
                 frame_index=int(frame) if frame else None,
                 reason=row["reason"].strip(),
                 reviewer=(row.get("reviewer") or "").strip(),
                 at=(row.get("at") or "").strip(),
+                source=f"{name}:{line}",
             )
         )
     return out
@@ -66,12 +88,15 @@ def build_manifest(
     frame_tags: Mapping[str, pa.Table],
     synced: Mapping[str, tuple[str, str]],
     camera_paths: Mapping[str, str | None],
-    rejections: Iterable[Rejection],
+    verdicts: Iterable[Verdict],
 ) -> pa.Table:
-    """Every frame of every placed drive with its split, tags and exclusion, sorted by (drive, frame)."""
-    by_drive: dict[str, dict[int | None, Rejection]] = {}
-    for r in rejections:
-        by_drive.setdefault(r.drive_id, {})[r.frame_index] = r
+    """Every frame of every placed drive with its split, tags and exclusion, sorted by (drive, frame).
+
+    Rejections exclude (a whole-drive one wins over a frame's); accepted frames stay in."""
+    by_drive: dict[str, dict[int | None, Verdict]] = {}
+    for r in verdicts:
+        if r.verdict == REJECT:
+            by_drive.setdefault(r.drive_id, {})[r.frame_index] = r
     tables = []
     for drive in sorted(splits):
         tags = frame_tags[drive]
@@ -96,6 +121,7 @@ def build_manifest(
                     "exclusion_reason": pa.array([h.reason if h else None for h in hits], pa.string()),
                     "excluded_by": pa.array([h.reviewer if h else None for h in hits], pa.string()),
                     "excluded_at": pa.array([h.at if h else None for h in hits], pa.string()),
+                    "exclusion_source": pa.array([h.source if h else None for h in hits], pa.string()),
                 },
                 schema=SPLIT_MANIFEST_SCHEMA,
             )

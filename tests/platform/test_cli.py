@@ -13,7 +13,7 @@ from ad_platform.cli import main
         (["decode", "--help"], "usage: python -m ad_core.decode"),
         (["run-once", "--help"], "usage: python -m ad_platform run-once"),
         (["demo", "--help"], "--no-bad-drives"),
-        (["--help"], "{run-once,demo,metrics,approve,rollback,models,lineage,decode}"),
+        (["--help"], "{run-once,demo,review,metrics,approve,rollback,models,lineage,decode}"),
         (["approve", "--help"], "--by BY --note NOTE"),
         (["rollback", "--help"], "--to TO"),
         (["lineage", "--help"], "MODEL@ALIAS"),

@@ -40,7 +40,7 @@ def test_each_market_has_its_own_drive_partitions_and_no_phantoms() -> None:
 def test_a_market_backfill_selects_only_that_markets_drives() -> None:
     job = defs.resolve_job_def("ingest_de")
     selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
-    assert selected == {"de/raw_drive", "de/decoded_signals", "de/synced_frames", "de/odd_tags"}
+    assert selected == {"de/raw_drive", "de/decoded_signals", "de/synced_frames", "de/drive_recording", "de/odd_tags"}
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("drives_de", ["de-a", "de-b"])
         instance.add_dynamic_partitions("drives_jp", ["jp-a"])

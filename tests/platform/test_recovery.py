@@ -86,7 +86,13 @@ def test_a_run_killed_in_decoded_signals_is_recovered_by_the_next_run_once(state
             "recovery",
             "materialized",
         )
-        assert recovered.materialized == ["de/decoded_signals", "de/odd_tags", "de/raw_drive", "de/synced_frames"]
+        assert recovered.materialized == [
+            "de/decoded_signals",
+            "de/drive_recording",
+            "de/odd_tags",
+            "de/raw_drive",
+            "de/synced_frames",
+        ]
         run = instance.get_run_by_id(recovered.run_id)
         assert run is not None and run.tags["ad-platform/recovery-of"] == f"de/{drive.name}@v1"
         assert (state / "lake" / "synced" / "de" / drive.name / "frames.parquet").is_file()

@@ -39,7 +39,13 @@ def test_drives_go_through_once_reuploads_do_nothing_and_dbc_or_profile_changes_
     with instance_for_test() as instance:
         (outcome,) = run_once(defs, instance, state_dir=state, log=lambda _: None, settle_s=0)
         assert (outcome.market, outcome.drive_id, outcome.status) == ("de", drive_dir.name, "materialized")
-        assert outcome.materialized == ["de/decoded_signals", "de/odd_tags", "de/raw_drive", "de/synced_frames"]
+        assert outcome.materialized == [
+            "de/decoded_signals",
+            "de/drive_recording",
+            "de/odd_tags",
+            "de/raw_drive",
+            "de/synced_frames",
+        ]
         decoded = state / "lake" / "decoded" / "de" / drive_dir.name
         assert (decoded / "can__esp_vehicle_speed.parquet").is_file()
         rows = defs.resources["catalog"].query("select count(*) from raw_files where drive_id = ?", [drive_dir.name])

@@ -86,6 +86,7 @@ def write_manifest(
                     "exclusion_reason": [("blurred test frame" if e else None) for e in excluded],
                     "excluded_by": [("test-reviewer" if e else None) for e in excluded],
                     "excluded_at": [("2026-12-01T00:00:00Z" if e else None) for e in excluded],
+                    "exclusion_source": [("tests/support/splits.py" if e else None) for e in excluded],
                 },
                 schema=SPLIT_MANIFEST_SCHEMA,
             )
