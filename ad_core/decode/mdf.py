@@ -356,7 +356,8 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
                         if not _same(vals, np.asarray(ref)):
                             c.fast = False
                             vals = np.asarray(ref)
-                    arr = _to_arrow(vals, None, False)
+                    # plain numbers (most of a wide group's hundreds of channels): straight to Arrow
+                    arr = pa.array(vals) if c.fast and vals.ndim == 1 else _to_arrow(vals, None, False)
                 else:
                     try:
                         sig = inner.get(

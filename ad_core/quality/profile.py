@@ -150,10 +150,15 @@ class _SignalProfiler:
         absent samples, not values: the caller leaves them out; NaN values are counted)."""
         p = self.profile
         p.rows += len(v)
-        isnan = np.isnan(v)
-        p.nan_rows += int(isnan.sum())
-        self.nan.update(t, isnan, np.zeros(len(v)))
-        p.longest_nan_run_s = self.nan.longest_s
+        isnan = np.isnan(v) if v.dtype.kind == "f" else np.zeros(len(v), dtype=bool)
+        nans = int(np.count_nonzero(isnan))
+        p.nan_rows += nans
+        if nans or self.nan.open_start_ns is not None:  # else nothing to track (most batches of most signals)
+            self.nan.update(t, isnan, np.zeros(len(v)))
+            p.longest_nan_run_s = self.nan.longest_s
+        if self.flat is None and p.range_min is None:
+            return
+        v = v.astype(np.float64, copy=False)
         if self.flat is not None:
             self.flat.update(t, ~isnan & (v != 0), v)  # standing still at 0 is legitimate
             p.longest_flat_run_s = self.flat.longest_s
@@ -230,7 +235,7 @@ class StreamProfiler:
                     profile.header_offset_ns = int(s[stamped[0]]) - int(t[stamped[0]])
         for name, profiler in self.signals.items():
             column = batch.column(name)
-            values = _numpy(column, np.float64)
+            values = column.to_numpy(zero_copy_only=False)  # float64 only where a limit is compared
             if column.null_count:
                 present = _numpy(column.is_valid(), bool)
                 profiler.update(t[present], values[present])
