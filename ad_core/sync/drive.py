@@ -179,8 +179,13 @@ class _StreamCursor:
         cols = []
         for c in self.spec.columns:
             new = batch.column(c)
-            # Nulls become NaN, so interpolation across a null yields NaN rather than a made-up value.
-            cols.append(new.cast(pa.float64()).to_numpy(zero_copy_only=False) if self.linear else new)
+            if self.linear:
+                # Nulls become NaN, so interpolation across a null yields NaN rather than a made-up value. Float
+                # columns keep their width: interpolate() widens only the samples it uses.
+                wide = new if pa.types.is_floating(new.type) else new.cast(pa.float64())
+                cols.append(wide.to_numpy(zero_copy_only=False))
+            else:
+                cols.append(new)
         self._pending.append((ts, cols))
 
     def _merge(self) -> None:
