@@ -9,7 +9,8 @@ included). Measured:
 
 * ``seconds``: from the end of the interpreter start and imports (``startup_seconds``: Python, Dagster, the
   definitions) to the end of run-once; ``mb_per_s`` over it, ``mb_per_s_with_startup`` over the whole process;
-* ``steps``: each step's seconds, from the run's step stats in the Dagster instance;
+* ``steps``: each step's seconds, from the run's step stats in the Dagster instance; ``core_seconds``: the
+  seconds ``decode_drive`` / ``sync_drive`` took inside their step (the step's ``seconds`` metadata);
 * ``peak_anon_mib``: the largest RssAnon (private memory) of any one process of the run: the run-once process,
   which executes every step, or the MDF decoder child. ``peak_anon_mib_with_children`` sums the tree;
 * ``decode_only_mb_per_s``: ``decode_drive`` alone on the same files, in the same run, as ``make bench-ingest``
@@ -50,12 +51,19 @@ def _child_run_once() -> None:
     instance = local_instance()
     outcomes = run_once(defs, instance, log=lambda line: print(line, file=sys.stderr), settle_s=0)
     done = time.time()
+    from dagster import DagsterEventType
+
     steps: dict[str, tuple[float, float]] = {}
+    inner: dict[str, float] = {}  # the seconds a step's core reported (decode_drive, sync_drive), in its metadata
     for outcome in outcomes:
         if outcome.run_id:
             for stat in instance.get_run_step_stats(outcome.run_id):
                 if stat.start_time and stat.end_time:
                     steps[stat.step_key.removeprefix(f"{MARKET}__")] = (stat.start_time, stat.end_time)
+            for event in instance.all_logs(outcome.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+                materialization = event.asset_materialization
+                if materialization is not None and "seconds" in materialization.metadata:
+                    inner[materialization.asset_key.path[-1]] = materialization.metadata["seconds"].value
     print(
         json.dumps(
             {
@@ -63,6 +71,7 @@ def _child_run_once() -> None:
                 "ready": ready,
                 "done": done,
                 "steps": steps,
+                "core_seconds": inner,
                 "outcomes": [{"status": o.status, "error": o.error, "materialized": o.materialized} for o in outcomes],
             }
         )
@@ -123,6 +132,7 @@ def run_size(gb: float, data: Path, keep: bool) -> dict:
         "startup_seconds": round(child["ready"] - spawned, 3),
         "steps": steps,
         "steps_peak_anon_mib": steps_anon,
+        "core_seconds": child["core_seconds"],
         "mb_per_s": round(mb_per_s, 1),
         "mb_per_s_with_startup": round(size / 1e6 / total_s, 1),
         "peak_anon_mib": run["peak_anon_mib_largest_process"],
