@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ad_common.formats import sniff
 from ad_common.hashing import sha256_file
+from ad_common.memory import release_memory
 
 from .isolate import NativeCrash, run_isolated
 from .mcap_reader import McapDecoder
@@ -77,8 +78,11 @@ def decode_drive(
     the files could be decoded at all. Per-file and per-stream problems are recorded in ``report.errors`` and
     in the stream reports (status ``skipped`` / ``salvaged``).
     """
-    with _relaxed_gc():
-        return _decode_drive(inputs, out_dir, dbc_files, log, dict(sha256 or {}))
+    try:
+        with _relaxed_gc():
+            return _decode_drive(inputs, out_dir, dbc_files, log, dict(sha256 or {}))
+    finally:
+        release_memory()
 
 
 def _decode_drive(

@@ -27,6 +27,7 @@ import pyarrow.compute as pc  # imported here, not lazily inside the first windo
 import pyarrow.parquet as pq
 
 from ad_common.atomic import atomic_file
+from ad_common.memory import release_memory
 from ad_core.sync.config import TIMESTAMP_COLUMN, GridReference, ReferenceSpec, StreamSpec, SyncConfig
 from ad_core.sync.core import interpolate, match_samples
 from ad_core.sync.report import StreamSyncStats, SyncReport
@@ -389,6 +390,7 @@ def sync_drive(config: SyncConfig, out_path: Path, *, log: _Logger | None = None
             writer.finish()
         finally:
             writer.close()
+            release_memory()
 
     report.dropped = report.frames - report.frames_written
     for cur, st in zip(cursors, stats, strict=True):
