@@ -18,7 +18,7 @@ DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
 
-.PHONY: venv demo test dev lint fmt bench-ingest bench-ros2 bench-sync bench-sensor bench-curate bench-train mlflow-ui clean lock deploy-check checkov dbt-manifest dbt-docs review-venv review
+.PHONY: venv demo test dev lint fmt bench-ingest bench-e2e bench-ros2 bench-sync bench-sensor bench-curate bench-train mlflow-ui clean lock deploy-check checkov dbt-manifest dbt-docs review-venv review
 
 venv: $(STAMP)
 
@@ -75,6 +75,11 @@ fmt: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py
+
+# ~1 GB and ~4 GB drives through run-once (landing -> raw -> decoded -> synced, checks included) against
+# decode_drive alone; drives cached in $(AD_STATE_DIR)/bench-e2e (~5 GB; `rm -rf` it when done).
+bench-e2e: $(STAMP) $(DBT_MANIFEST)
+	$(PY) benchmarks/bench_e2e.py
 
 bench-ros2: $(STAMP)
 	$(PY) benchmarks/bench_ros2_nested.py

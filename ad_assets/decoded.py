@@ -20,13 +20,13 @@ from dagster import (
 from ad_assets.checks import check_specs, evaluate_rules, nominal_rates, record_drive_checks
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.formats import classify, printable
-from ad_common.lake_layout import DECODED_STREAMS, decoded_path
+from ad_common.lake_layout import DECODED_STREAMS, decoded_path, registry_path
 from ad_common.stages import DECODED_SIGNALS
 from ad_core.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
-from ad_core.quality.profile import SignalProfile, StreamProfile, profile_drive
+from ad_core.quality.profile import SignalProfile, StreamProfile, drive_profiles
 from ad_core.quality.rules import DECODED_RULES, profile_tables
 from ad_resources.lake import Lake
-from ad_resources.landing import LandingZone
+from ad_resources.landing import FileStat, LandingZone
 from ad_resources.quality import GreatExpectationsResource
 
 
@@ -79,12 +79,41 @@ class DecodedDrive:
     profiles: tuple[list[StreamProfile], list[SignalProfile]]
 
 
+def registered_sha256(lake: Lake, market: str, drive_id: str, files: list[FileStat]) -> dict[str, str]:
+    """The sha256 raw_drive verified for each file (with the MCAP chunk CRCs), once it is sure that no file
+    changed since: same names, sizes and mtimes as registered. Else a Failure naming the files."""
+    record = lake.read_json(registry_path(market, drive_id))
+    if record is None:
+        raise Failure(description=f"drive {market}/{drive_id} is not registered: materialize its raw_drive first")
+    registered = record["files"]
+    changed = [f"{printable(name)} (removed)" for name in sorted(set(registered) - {f.name for f in files})]
+    for f in files:
+        was = registered.get(f.name)
+        if was is None:
+            changed.append(f"{printable(f.name)} (added)")
+        elif (was["size"], was.get("mtime_ns", f.mtime_ns)) != (f.size, f.mtime_ns):
+            changed.append(
+                f"{printable(f.name)} ({was['size']} bytes, mtime {was['mtime_ns']} -> {f.size} bytes, "
+                f"mtime {f.mtime_ns})"
+            )
+    if changed:
+        raise Failure(
+            description=f"drive {market}/{drive_id}: changed since raw_drive registered version {record['version']}: "
+            f"{', '.join(changed)}. The landing sensor registers the new content as the next drive version; "
+            "materialize raw_drive again first."
+        )
+    return {name: was["sha256"] for name, was in registered.items()}
+
+
 def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DecodedDrive:
     """Decode a registered drive into the lake atomically and profile it for the quality checks.
 
-    The DBCs are the market's current ones; profiling reads the new tables before they are published.
+    The DBCs are the market's current ones. The drive's files are read once: their hashes and chunk CRCs were
+    verified by raw_drive (reused, once the files are known unchanged) and the quality profiles are gathered
+    while the tables are written.
     """
-    kinds = {f.name: classify(Path(f.name)) for f in landing.drive_files(market, drive_id)}
+    files = landing.drive_files(market, drive_id)
+    kinds = {f.name: classify(Path(f.name)) for f in files}
     if not kinds:
         raise Failure(
             description=f"drive {market}/{drive_id}: its landing folder is gone ({landing.describe()}/{market}/"
@@ -93,6 +122,7 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
     if not any(kind in ("mdf4", "mcap") for kind in kinds.values()):
         names = ", ".join(printable(n) for n in sorted(kinds)[:10])
         raise Failure(description=f"drive {market}/{drive_id}: no MDF4 or MCAP file to decode (files: {names})")
+    sha256 = registered_sha256(lake, market, drive_id, files)
     rates = nominal_rates(landing.read_manifest(market, drive_id))
     with contextlib.ExitStack() as stack:
         inputs = [
@@ -104,8 +134,8 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
         dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]
         dbcs += [stack.enter_context(landing.local_file(market, drive_id, n)) for n, k in kinds.items() if k == "dbc"]
         with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
-            report = decode_drive(inputs, out_dir, dbcs, log=log.info)
-            profiles = profile_drive(out_dir, rates)
+            report = decode_drive(inputs, out_dir, dbcs, log=log.info, sha256=sha256)
+    profiles = drive_profiles((s.quality for s in report.streams if s.quality is not None), rates)
     lake.write_table(DECODED_STREAMS.path(market, drive_id), _streams_table(market, drive_id, report))
     return DecodedDrive(report, profiles)
 

@@ -8,11 +8,29 @@ pandas dataframe batch, a validation definition per suite. Expectations run on t
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
+
+_IMPORT_LOCK = threading.Lock()
+_IMPORTING: list[threading.Thread] = []
+
+
+def _import_great_expectations() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home
+    import great_expectations  # noqa: F401
+
+
+def import_in_background() -> None:
+    """Start importing GX on a daemon thread, once per process: the import takes 5-10 s on the 2-core machine,
+    paid by the first check of a run otherwise. A later ``import great_expectations`` waits for it to finish."""
+    with _IMPORT_LOCK:
+        if not _IMPORTING:
+            _IMPORTING.append(threading.Thread(target=_import_great_expectations, name="import-gx", daemon=True))
+            _IMPORTING[0].start()
 
 
 @dataclass
@@ -35,6 +53,11 @@ class GreatExpectationsResource(ConfigurableResource):
     """Validate a dataframe against a list of GX expectations; failures carry the offending rows."""
 
     max_rows_reported: int = 20
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # Resources are set up when a run (in-process: all its steps) starts, so the import overlaps the steps
+        # before the first check: raw_drive and decode_drive, which mostly wait on native code and a child.
+        import_in_background()
 
     def validate(self, suite: str, frame: pd.DataFrame, expectations: list[Any], id_columns: list[str]) -> SuiteOutcome:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home

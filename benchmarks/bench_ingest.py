@@ -33,14 +33,15 @@ sys.path.insert(0, str(ROOT))
 BENCH_MINUTES = {1.0: 10.0, 4.0: 20.0}  # drive length per size; bytes come from lidar points + MDF channels
 
 
-def fleetgen_drive(gb: float) -> Path:
-    """A fleetgen drive of ~gb GB sized with ``options_for_size`` (default 320x180 camera), cached by options."""
+def fleetgen_drive(gb: float, data: Path = DATA) -> Path:
+    """A fleetgen drive of ~gb GB sized with ``options_for_size`` (default 320x180 camera), cached by options
+    under ``data``."""
     from fleetgen import generate_drive, options_for_size
 
     minutes = BENCH_MINUTES.get(gb, max(10.0, round(gb * 5.0, 1)))
     opts = options_for_size(gb, minutes)
     key = {"minutes": minutes, "seed": 0, **opts}
-    landing = DATA / f"fleetgen_{gb:g}gb"
+    landing = data / f"fleetgen_{gb:g}gb"
     stamp = landing / "bench-options.json"
     existing = [p for p in landing.glob("*/*") if p.is_dir() and not p.name.startswith((".", "_"))]
     if existing and stamp.exists() and json.loads(stamp.read_text()) == key:
@@ -122,32 +123,50 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def watch(cmd: list[str], env: dict[str, str] | None = None, samples: list | None = None) -> dict:
+    """Run ``cmd``, polling RssAnon of it and its descendants: wall seconds, stdout, peaks (MiB) of the process
+    itself, of its largest single process and of the tree summed. ``samples`` gets (epoch s, process KiB,
+    largest child KiB) tuples."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    peak_rss = peak_anon = peak_anon_process = peak_anon_tree = 0
+    while proc.poll() is None:
+        peak_rss = max(peak_rss, _status_kib(proc.pid, "VmRSS"))
+        anon = _status_kib(proc.pid, "RssAnon")
+        children = [_status_kib(c, "RssAnon") for c in _descendants(proc.pid)]
+        peak_anon = max(peak_anon, anon)
+        peak_anon_process = max(peak_anon_process, anon, *children)
+        peak_anon_tree = max(peak_anon_tree, anon + sum(children))
+        if samples is not None:
+            samples.append((time.time(), anon, max(children, default=0)))
+        time.sleep(0.02)
+    return {
+        "seconds": time.perf_counter() - t,
+        "stdout": proc.stdout.read() if proc.stdout else "",
+        "rc": proc.returncode,
+        "peak_rss_mib": round(peak_rss / 1024, 1),
+        "peak_anon_mib": round(peak_anon / 1024, 1),
+        "peak_anon_mib_largest_process": round(peak_anon_process / 1024, 1),
+        "peak_anon_mib_with_children": round(peak_anon_tree / 1024, 1),
+    }
+
+
+def measure_decode(files: list[Path], dbcs: list[Path], out: Path) -> dict:
+    """decode_drive of ``files`` into ``out`` in a fresh, warm subprocess (see the module docstring)."""
+    cmd = [sys.executable, __file__, "--child", json.dumps([str(f) for f in files]), json.dumps([str(d) for d in dbcs])]
+    watched = watch([*cmd, str(out)])
+    child = json.loads(watched.pop("stdout").strip().splitlines()[-1] or "{}")
+    return {**watched, **child}
+
+
 def run_size(gb: float, keep: bool) -> dict:
     drive = fleetgen_drive(gb)
     files, dbcs = drive_files(drive)
     size = sum(p.stat().st_size for p in files)
     floor = _floor_seconds(files)
     out = Path(tempfile.mkdtemp(prefix="bench_out_", dir=DATA))
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        json.dumps([str(f) for f in files]),
-        json.dumps([str(d) for d in dbcs]),
-        str(out),
-    ]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    peak_rss = peak_anon = peak_anon_tree = 0
-    while proc.poll() is None:
-        peak_rss = max(peak_rss, _status_kib(proc.pid, "VmRSS"))
-        anon = _status_kib(proc.pid, "RssAnon")
-        peak_anon = max(peak_anon, anon)
-        peak_anon_tree = max(peak_anon_tree, anon + sum(_status_kib(c, "RssAnon") for c in _descendants(proc.pid)))
-        time.sleep(0.02)
-    process_s = time.perf_counter() - t
-    child = json.loads((proc.stdout.read() if proc.stdout else "").strip().splitlines()[-1] or "{}")
-    decode_s = child.get("seconds_inner", float("nan"))
+    run = measure_decode(files, dbcs, out)
+    decode_s, process_s = run.get("seconds_inner", float("nan")), run["seconds"]
     out_bytes = sum(p.stat().st_size for p in out.glob("*.parquet"))
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
@@ -161,13 +180,13 @@ def run_size(gb: float, keep: bool) -> dict:
         "mb_per_s_with_startup": round(size / 1e6 / process_s, 1),
         "floor_seconds": round(floor, 3),
         "ratio_to_floor": round(decode_s / floor, 1) if floor > 0 else None,
-        "peak_rss_mib": round(peak_rss / 1024, 1),
-        "peak_anon_mib": round(peak_anon / 1024, 1),
-        "peak_anon_mib_with_children": round(peak_anon_tree / 1024, 1),
+        "peak_rss_mib": run["peak_rss_mib"],
+        "peak_anon_mib": run["peak_anon_mib"],
+        "peak_anon_mib_with_children": run["peak_anon_mib_with_children"],
         "parquet_bytes": out_bytes,
-        "rows": child.get("rows"),
-        "streams": child.get("streams"),
-        "rc": proc.returncode,
+        "rows": run.get("rows"),
+        "streams": run.get("streams"),
+        "rc": run["rc"],
     }
 
 

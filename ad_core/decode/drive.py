@@ -8,12 +8,13 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ad_common.formats import sniff
 from ad_common.hashing import sha256_file
+from ad_common.memory import release_memory
 
 from .isolate import NativeCrash, run_isolated
 from .mcap_reader import McapDecoder
@@ -68,18 +69,28 @@ def decode_drive(
     dbc_files: Sequence[Path] = (),
     *,
     log: Callable[[str], None] | None = None,
+    sha256: Mapping[str, str] | None = None,
 ) -> DriveDecodeReport:
     """Decode one drive's files into ``out_dir`` (an existing, empty folder; the caller makes it atomic).
 
-    Raises DecodeError when none of the files could be decoded at all. Per-file and per-stream problems are
-    recorded in ``report.errors`` and in the stream reports (status ``skipped`` / ``salvaged``).
+    ``sha256``: content hashes already verified by the caller (raw_drive's registry), by file name; those files
+    are not hashed again (the caller made sure they have not changed since). Raises DecodeError when none of
+    the files could be decoded at all. Per-file and per-stream problems are recorded in ``report.errors`` and
+    in the stream reports (status ``skipped`` / ``salvaged``).
     """
-    with _relaxed_gc():
-        return _decode_drive(inputs, out_dir, dbc_files, log)
+    try:
+        with _relaxed_gc():
+            return _decode_drive(inputs, out_dir, dbc_files, log, dict(sha256 or {}))
+    finally:
+        release_memory()
 
 
 def _decode_drive(
-    inputs: Sequence[Path], out_dir: Path, dbc_files: Sequence[Path], log: Callable[[str], None] | None
+    inputs: Sequence[Path],
+    out_dir: Path,
+    dbc_files: Sequence[Path],
+    log: Callable[[str], None] | None,
+    known_sha256: dict[str, str],
 ) -> DriveDecodeReport:
     t0 = time.perf_counter()
     logf = log or (lambda _m: None)
@@ -105,7 +116,9 @@ def _decode_drive(
     # process; the others here, beside decoding
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
     hashes: dict[str, Future[str]] = {
-        p.name: hasher.submit(sha256_file, p) for p in files if p.exists() and kinds.get(p) not in ("mcap", "mdf")
+        p.name: hasher.submit(sha256_file, p)
+        for p in files
+        if p.exists() and kinds.get(p) not in ("mcap", "mdf") and p.name not in known_sha256
     }
     manager = SinkManager(out_dir)
     try:
@@ -117,7 +130,7 @@ def _decode_drive(
         def run_mdf() -> None:
             # MDF parsing (asammdf, native code that can crash on damaged files) runs in a child process
             mdf_result.append(
-                decode_mdf_isolated(mdf_files, out_dir, list(dbc_files), base_meta, DECODER_VERSION, logf)
+                decode_mdf_isolated(mdf_files, out_dir, list(dbc_files), base_meta, DECODER_VERSION, logf, known_sha256)
             )
 
         # MDF and MCAP decode concurrently (zstd, crc32, numpy copies and the Parquet writer release the GIL)
@@ -129,7 +142,7 @@ def _decode_drive(
             for p in (p for p in files if kinds.get(p) == "mcap"):
                 t1 = time.perf_counter()
                 try:
-                    n, note = mcap.read_file(p, base_meta)
+                    n, note = mcap.read_file(p, base_meta, hash_file=p.name not in known_sha256)
                 except DecodeError as exc:
                     failed.append(str(exc))
                     continue
@@ -145,9 +158,10 @@ def _decode_drive(
         failed[:0] = mdf_failed
         report.errors.extend(mdf_errors + mcap_errors)
         for p in files:  # MCAP files not read to the end (salvaged, failed) are hashed separately
-            if kinds.get(p) == "mcap" and p.name not in mcap.sha256 and p.exists():
+            if kinds.get(p) == "mcap" and p.name not in mcap.sha256 and p.name not in known_sha256 and p.exists():
                 hashes[p.name] = hasher.submit(sha256_file, p)
         file_hashes = {k: f.result() for k, f in hashes.items()}
+        file_hashes.update(known_sha256)
         file_hashes.update(mcap.sha256)
         file_hashes.update(mdf_hashes)
         report.streams.extend(mdf_reports)
@@ -179,8 +193,10 @@ def decode_mdf_isolated(
     base_meta: dict[str, str],
     decoder_version: str,
     log: Callable[[str], None],
+    known_sha256: dict[str, str] | None = None,
 ) -> tuple[list[StreamReport], list[str], list[str], dict[str, str]]:
-    """Decode a drive's MDF files (and their raw CAN) in a child process into ``out_dir``.
+    """Decode a drive's MDF files (and their raw CAN) in a child process into ``out_dir`` (the files named in
+    ``known_sha256`` are not hashed again).
 
     The child writes into a private subfolder; its tables are moved into ``out_dir`` only when it returns. If it
     dies (SIGSEGV / SIGABRT in asammdf's native code), the file it was reading is recorded as failed, the
@@ -211,6 +227,7 @@ def decode_mdf_isolated(
                 [str(d) for d in dbc_files],
                 base_meta,
                 decoder_version,
+                known_sha256 or {},
                 on_message=on_message,
             )
         except NativeCrash as exc:

@@ -426,14 +426,16 @@ class McapDecoder:
         return _Topic(channel.topic, schema_name, text, enc, kind, decode, flatten, reason)
 
     # ---------------------------------------------------------------- reading
-    def read_file(self, path: Path, file_metadata: dict[str, str]) -> tuple[int, str | None]:
-        """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError."""
+    def read_file(self, path: Path, file_metadata: dict[str, str], *, hash_file: bool = True) -> tuple[int, str | None]:
+        """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError.
+
+        ``hash_file``: hash it while reading (False when its sha256 is known already)."""
         by_channel: dict[int, _Topic] = {}
         schemas: dict[int, Schema] = {}
         channels: dict[int, Channel] = {}
         count = 0
         size = path.stat().st_size
-        reader = ChunkReader(path, sha256=True)
+        reader = ChunkReader(path, sha256=hash_file)
         try:
             for block in reader:
                 count += self._block(block.data, block.offset, path.name, file_metadata, schemas, channels, by_channel)

@@ -189,12 +189,43 @@ def _plan_group(inner: Any, gi: int, group: Any) -> tuple[list[_Channel], int]:
     return plan, rec_size
 
 
-def _fast_values(c: _Channel, data: bytes, n: int, rec_size: int) -> np.ndarray:
-    assert c.dtype is not None
-    view = np.ndarray(shape=(n,), dtype=c.dtype, buffer=data, offset=c.offset, strides=(rec_size,))
-    vals = np.ascontiguousarray(view)
-    if vals.dtype.byteorder not in ("=", "|", "<" if sys.byteorder == "little" else ">"):
-        vals = vals.astype(vals.dtype.newbyteorder("="))
+_NATIVE = ("=", "|", "<" if sys.byteorder == "little" else ">")
+
+
+def _side_by_side(plan: list[_Channel]) -> list[list[_Channel]]:
+    """The plain channels in runs that sit side by side in the record with one native dtype."""
+    runs: list[list[_Channel]] = []
+    for c in sorted((c for c in plan if c.fast), key=lambda c: c.offset):
+        assert c.dtype is not None
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and c.dtype == last.dtype
+            and c.dtype.byteorder in _NATIVE
+            and c.offset == last.offset + c.dtype.itemsize
+        ):
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs
+
+
+def _raw_columns(runs: list[list[_Channel]], data: bytes, n: int, rec_size: int) -> dict[int, np.ndarray]:
+    """The plain channels' raw values of one fragment, by channel index: each run is one strided 2-D view
+    copied out transposed at once (a wide 1 kHz group: ~10x faster than one strided copy per channel)."""
+    out = {}
+    for run in runs:
+        dtype = run[0].dtype
+        assert dtype is not None
+        view = np.ndarray((n, len(run)), dtype, buffer=data, offset=run[0].offset, strides=(rec_size, dtype.itemsize))
+        block = np.ascontiguousarray(view.T)
+        for j, c in enumerate(run):
+            out[c.index] = block[j]
+    return out
+
+
+def _fast_values(c: _Channel, raw: np.ndarray) -> np.ndarray:
+    vals = raw if raw.dtype.byteorder in _NATIVE else raw.astype(raw.dtype.newbyteorder("="))
     if c.conversion is not None and c.conversion.conversion_type == v4c.CONVERSION_TYPE_LIN:
         vals = c.conversion.convert(vals)
     return vals
@@ -288,6 +319,7 @@ def decode_mdf(
 
 def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: StreamSink, log: Callable) -> None:
     plan, rec_size = _plan_group(inner, gi, group)
+    runs = _side_by_side(plan)
     sink.units.update({c.column: c.unit for c in plan if c.unit})
     checked = False
     skip_cols: set[str] = set()
@@ -313,17 +345,19 @@ def _decode_signal_group(inner: Any, gi: int, group: Any, start_ns: int, sink: S
             cols: dict[str, pa.Array] = {"timestamp_ns": pa.array(ts)}
             data = fragment.data if hasattr(fragment, "data") else fragment[0]
             fast_ok = isinstance(data, bytes | bytearray | memoryview) and len(data) >= n * rec_size and rec_size > 0
+            raw = _raw_columns(runs, data, n, rec_size) if fast_ok else {}
             for c in plan:
                 if c.column in skip_cols:
                     continue
                 if c.fast and fast_ok:
-                    vals = _fast_values(c, data, n, rec_size)
+                    vals = _fast_values(c, raw[c.index])
                     if not checked:
                         ref = inner.get(group=gi, index=c.index, data=fragment, samples_only=True, raw=False)[0]
                         if not _same(vals, np.asarray(ref)):
                             c.fast = False
                             vals = np.asarray(ref)
-                    arr = _to_arrow(vals, None, False)
+                    # plain numbers (most of a wide group's hundreds of channels): straight to Arrow
+                    arr = pa.array(vals) if c.fast and vals.ndim == 1 else _to_arrow(vals, None, False)
                 else:
                     try:
                         sig = inner.get(

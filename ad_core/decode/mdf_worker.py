@@ -34,15 +34,17 @@ def decode_mdf_files(
     dbc_files: Sequence[str],
     base_meta: dict[str, str],
     decoder_version: str,
+    known_sha256: dict[str, str],
 ) -> tuple[list[StreamReport], list[str], list[str], dict[str, str]]:
-    """Returns (stream reports, errors, failed-file messages, sha256 by file name)."""
+    """Returns (stream reports, errors, failed-file messages, sha256 by file name); the files in
+    ``known_sha256`` are not hashed again."""
 
     def log(msg: str) -> None:
         send(("log", msg))
 
     paths = [Path(f) for f in files]
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-    hashes = {p.name: hasher.submit(sha256_file, p) for p in paths}
+    hashes = {p.name: hasher.submit(sha256_file, p) for p in paths if p.name not in known_sha256}
     manager = SinkManager(Path(out_dir))
     reports: list[StreamReport] = []
     errors: list[str] = []
@@ -67,7 +69,8 @@ def decode_mdf_files(
             dt = time.perf_counter() - t1
             log(f"{p.name}: MDF read in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
         send(("file", None))
-        file_hashes = {k: f.result() for k, f in hashes.items()}
+        file_hashes = {p.name: known_sha256[p.name] for p in paths if p.name in known_sha256}
+        file_hashes.update({k: f.result() for k, f in hashes.items()})
         for p, s in sinks:
             reports.append(s.close({"source_file": p.name, "source_sha256": file_hashes.get(p.name, "")}))
         reports.extend(can.close(file_hashes))

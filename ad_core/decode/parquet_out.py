@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ad_core.quality.profile import StreamProfiler, profile_stream
+
 from .report import StreamReport
 
 ROW_GROUP_ROWS = 1_000_000  # signal tables: large row groups (notes: 64k groups are 1.7x slower)
@@ -184,6 +186,7 @@ class StreamSink:
         self.dropped_columns: set[str] = set()
         self.closed = False
         self.owner = threading.get_ident()
+        self._profiler: StreamProfiler | None = None  # fed by the writer thread, in the order rows are written
 
     # ---------------------------------------------------------------- input
     def append(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -282,6 +285,10 @@ class StreamSink:
 
     def _write(self, table: pa.Table) -> None:
         assert self._writer is not None
+        if self._profiler is None:
+            assert self.schema is not None
+            self._profiler = StreamProfiler(self.name, self.schema, kind=self.kind)
+        self._profiler.update(table)  # the quality profile, from the rows as written: no reading back
         # frame tables: exactly rg_rows per row group so frame i -> row group i // rg_rows
         self._writer.write_table(table, row_group_size=self.rg_rows if self.frames else max(1, table.num_rows))
 
@@ -324,8 +331,11 @@ class StreamSink:
         if md:
             self._writer.add_key_value_metadata(md)
         self._writer.close()
-        if self.needs_resort:
+        if self.needs_resort:  # written out of order: the profile is taken from the sorted file
             _resort_parquet(self.path, self.rg_rows, self.frames)
+            r.quality = profile_stream(self.path)
+        elif self._profiler is not None:
+            r.quality = self._profiler.finish(r.out_of_order_samples)
         assert self.schema is not None
         r.columns = {f.name: (f.metadata or {}).get(b"unit", b"").decode() for f in self.schema}
         if r.rows > 1 and r.end_ns is not None and r.start_ns is not None and r.end_ns > r.start_ns:

@@ -31,9 +31,13 @@ class StreamReport:
     error: str | None = None
     out_of_order_samples: int = 0  # samples whose time is earlier than their predecessor's, as recorded (MDF)
     preview: list[dict[str, Any]] = field(default_factory=list)
+    # the quality profile of the table (StreamProfile, [SignalProfile]), gathered as it was written
+    quality: tuple[Any, list[Any]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("quality")
+        return data
 
 
 @dataclass

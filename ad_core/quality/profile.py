@@ -150,10 +150,15 @@ class _SignalProfiler:
         absent samples, not values: the caller leaves them out; NaN values are counted)."""
         p = self.profile
         p.rows += len(v)
-        isnan = np.isnan(v)
-        p.nan_rows += int(isnan.sum())
-        self.nan.update(t, isnan, np.zeros(len(v)))
-        p.longest_nan_run_s = self.nan.longest_s
+        isnan = np.isnan(v) if v.dtype.kind == "f" else np.zeros(len(v), dtype=bool)
+        nans = int(np.count_nonzero(isnan))
+        p.nan_rows += nans
+        if nans or self.nan.open_start_ns is not None:  # else nothing to track (most batches of most signals)
+            self.nan.update(t, isnan, np.zeros(len(v)))
+            p.longest_nan_run_s = self.nan.longest_s
+        if self.flat is None and p.range_min is None:
+            return
+        v = v.astype(np.float64, copy=False)
         if self.flat is not None:
             self.flat.update(t, ~isnan & (v != 0), v)  # standing still at 0 is legitimate
             p.longest_flat_run_s = self.flat.longest_s
@@ -179,58 +184,89 @@ def _numeric_signals(schema: pa.Schema) -> list[str]:
     ]
 
 
-def profile_stream(
-    path: Path, nominal_hz: float | None = None, signals: Iterable[str] | None = None
-) -> tuple[StreamProfile, list[SignalProfile]]:
-    """Profile one decoded stream table (``timestamp_ns`` sorted; optional sensor ``header_stamp_ns``)."""
-    parquet = pq.ParquetFile(path)
-    schema = parquet.schema_arrow
-    stream = path.stem
-    wanted = [s for s in (signals if signals is not None else _numeric_signals(schema)) if s in schema.names]
-    has_sensor_time = SENSOR_TIME in schema.names
-    columns = [TIME, *([SENSOR_TIME] if has_sensor_time else []), *wanted]
-    now_ns = time.time_ns()
-    profile = StreamProfile(stream, nominal_hz=nominal_hz)
-    kv = parquet.metadata.metadata or {}
-    profile.out_of_order_samples = int(kv.get(b"out_of_order_samples", b"0") or 0)
-    profile.kind = kv.get(b"kind", b"").decode()
-    profilers = {s: _SignalProfiler(stream, s) for s in wanted}
-    last_t: int | None = None
-    last_sensor: int | None = None
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-        t = batch.column(TIME).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+class StreamProfiler:
+    """The profile of one stream table, fed its rows in order (any batch sizes), e.g. by the decoder as it writes
+    the table, so that no one reads the table back; ``profile_stream`` feeds it a Parquet file."""
+
+    def __init__(
+        self,
+        stream: str,
+        schema: pa.Schema,
+        *,
+        kind: str = "",
+        nominal_hz: float | None = None,
+        signals: Iterable[str] | None = None,
+    ) -> None:
+        self.profile = StreamProfile(stream, nominal_hz=nominal_hz, kind=kind)
+        wanted = [s for s in (signals if signals is not None else _numeric_signals(schema)) if s in schema.names]
+        self.has_sensor_time = SENSOR_TIME in schema.names
+        self.columns = [TIME, *([SENSOR_TIME] if self.has_sensor_time else []), *wanted]
+        self.signals = {s: _SignalProfiler(stream, s) for s in wanted}
+        self._last_t: int | None = None
+        self._last_sensor: int | None = None
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """The next rows of the table (``timestamp_ns`` sorted across calls); other columns are not read."""
+        profile = self.profile
+        t = _numpy(batch.column(TIME), np.int64)
         if len(t) == 0:
-            continue
+            return
         profile.rows += len(t)
         profile.first_ns = int(t[0]) if profile.first_ns is None else profile.first_ns
         profile.last_ns = int(t[-1])
-        steps = np.diff(t, prepend=t[0] if last_t is None else last_t)
+        steps = np.diff(t, prepend=t[0] if self._last_t is None else self._last_t)
         gap_index = int(np.argmax(steps))
         if steps[gap_index] / NS > profile.max_gap_s:
             profile.max_gap_s, profile.max_gap_at_ns = steps[gap_index] / NS, int(t[gap_index])
-        last_t = int(t[-1])
-        if has_sensor_time:
-            s = batch.column(SENSOR_TIME).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-            back = np.diff(s, prepend=s[0] if last_sensor is None else last_sensor)
+        self._last_t = int(t[-1])
+        if self.has_sensor_time:
+            s = _numpy(batch.column(SENSOR_TIME), np.int64)
+            back = np.diff(s, prepend=s[0] if self._last_sensor is None else self._last_sensor)
             backwards = np.flatnonzero(back < 0)
             if len(backwards):
                 profile.sensor_clock_backward_steps += len(backwards)
                 profile.sensor_clock_max_backward_s = max(profile.sensor_clock_max_backward_s, -back.min() / NS)
                 room = SAMPLE_SIZE - len(profile.sensor_clock_backward_at_ns)
                 profile.sensor_clock_backward_at_ns += [int(t[i]) for i in backwards[:room]]
-            last_sensor = int(s[-1])
-            if profile.header_offset_ns is None and s[0] != 0:  # a zero stamp is "not set", not a clock
-                profile.header_offset_ns = int(s[0]) - int(t[0])
-        for name, profiler in profilers.items():
+            self._last_sensor = int(s[-1])
+            if profile.header_offset_ns is None:
+                stamped = np.flatnonzero(s)  # a zero stamp is "not set", not a clock
+                if len(stamped):
+                    profile.header_offset_ns = int(s[stamped[0]]) - int(t[stamped[0]])
+        for name, profiler in self.signals.items():
             column = batch.column(name)
-            values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            values = column.to_numpy(zero_copy_only=False)  # float64 only where a limit is compared
             if column.null_count:
-                present = column.is_valid().to_numpy(zero_copy_only=False)
+                present = _numpy(column.is_valid(), bool)
                 profiler.update(t[present], values[present])
             else:
                 profiler.update(t, values)
-    profile.clock_issue = _clock_issue(profile, now_ns)
-    return profile, [p.profile for p in profilers.values()]
+
+    def finish(
+        self, out_of_order_samples: int = 0, now_ns: int | None = None
+    ) -> tuple[StreamProfile, list[SignalProfile]]:
+        self.profile.out_of_order_samples = out_of_order_samples
+        self.profile.clock_issue = _clock_issue(self.profile, time.time_ns() if now_ns is None else now_ns)
+        return self.profile, [p.profile for p in self.signals.values()]
+
+
+def _numpy(column: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def profile_stream(
+    path: Path, nominal_hz: float | None = None, signals: Iterable[str] | None = None
+) -> tuple[StreamProfile, list[SignalProfile]]:
+    """Profile one decoded stream table (``timestamp_ns`` sorted; optional sensor ``header_stamp_ns``)."""
+    parquet = pq.ParquetFile(path)
+    now_ns = time.time_ns()
+    kv = parquet.metadata.metadata or {}
+    profiler = StreamProfiler(
+        path.stem, parquet.schema_arrow, kind=kv.get(b"kind", b"").decode(), nominal_hz=nominal_hz, signals=signals
+    )
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=profiler.columns):
+        profiler.update(batch)
+    return profiler.finish(int(kv.get(b"out_of_order_samples", b"0") or 0), now_ns)
 
 
 def _when(ns: int) -> str:
@@ -264,10 +300,19 @@ def _clock_issue(p: StreamProfile, now_ns: int) -> str | None:
 def profile_drive(
     decoded_dir: Path, nominal_rates: Mapping[str, float] | None = None
 ) -> tuple[list[StreamProfile], list[SignalProfile]]:
-    """Profile every stream table of a decoded drive (binary payload columns are never read)."""
+    """Profile every stream table of a decoded drive by reading it (binary payload columns are never read)."""
+    profiles = [profile_stream(path) for path in sorted(decoded_dir.glob("*.parquet"))]
+    return drive_profiles(profiles, nominal_rates)
+
+
+def drive_profiles(
+    profiles: Iterable[tuple[StreamProfile, list[SignalProfile]]], nominal_rates: Mapping[str, float] | None = None
+) -> tuple[list[StreamProfile], list[SignalProfile]]:
+    """A drive's stream profiles (from ``profile_stream`` or gathered while the tables were written), with the
+    manifest's nominal rates and the checks that compare streams with each other."""
     streams, signals = [], []
-    for path in sorted(decoded_dir.glob("*.parquet")):
-        stream_profile, signal_profiles = profile_stream(path, (nominal_rates or {}).get(path.stem))
+    for stream_profile, signal_profiles in sorted(profiles, key=lambda p: p[0].stream):
+        stream_profile.nominal_hz = (nominal_rates or {}).get(stream_profile.stream)
         streams.append(stream_profile)
         signals += signal_profiles
     # Streams whose clocks are each plausible can still disagree: a drive's streams start within a day

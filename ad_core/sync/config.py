@@ -104,7 +104,7 @@ class SyncConfig:
 
     reference: ReferenceSpec | StreamSpec | GridReference | Path
     streams: Sequence[StreamSpec]
-    window_ns: int = 60_000_000_000
+    window_ns: int = 20_000_000_000  # a 336-channel 1 kHz stream: 20 s ~ 27 MiB of float32 per window
     drop_out_of_tolerance: bool = False
     read_batch_rows: int = 131_072
     output_row_group_rows: int = 131_072

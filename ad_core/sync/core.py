@@ -143,13 +143,15 @@ def match_samples(
 
 def interpolate(match: SampleMatch, values: np.ndarray) -> np.ndarray:
     """Apply a linear match to one numeric column (result float64; NaN where there is no sample)."""
-    v = np.asarray(values, dtype=np.float64)
+    v = np.asarray(values)
     if v.size == 0:
         return np.full(match.lo.size, np.nan)
-    v_lo = v[match.lo]
+    # gathered, then widened: only the samples the frames use are converted (a 1 kHz float32 stream is
+    # mostly read, not used); the same values as widening first
+    v_lo = v[match.lo].astype(np.float64, copy=False)
     if match.weight is not None:
         # v_lo + (v_hi - v_lo) * w is exact at w == 0, so held/exact samples come back bit-identical.
-        v_lo = v_lo + (v[match.hi] - v_lo) * match.weight
+        v_lo = v_lo + (v[match.hi].astype(np.float64, copy=False) - v_lo) * match.weight
     if not match.has_sample.all():
         v_lo[~match.has_sample] = np.nan
     return v_lo

@@ -27,12 +27,15 @@ import pyarrow.compute as pc  # imported here, not lazily inside the first windo
 import pyarrow.parquet as pq
 
 from ad_common.atomic import atomic_file
+from ad_common.memory import release_memory
 from ad_core.sync.config import TIMESTAMP_COLUMN, GridReference, ReferenceSpec, StreamSpec, SyncConfig
 from ad_core.sync.core import interpolate, match_samples
 from ad_core.sync.report import StreamSyncStats, SyncReport
 
 _log = logging.getLogger(__name__)
 _EMPTY_TS = np.empty(0, dtype=np.int64)
+READ_BATCH_BYTES = 16 * 2**20
+MIN_BATCH_ROWS = 1024
 
 
 class _Logger(Protocol):
@@ -130,14 +133,17 @@ class _StreamCursor:
         read_cols = [TIMESTAMP_COLUMN, *(c for c in spec.columns if c != TIMESTAMP_COLUMN)]
 
         start_rg, self._base = self._first_row_group(pf, first_ref_ts)
+        # a wide stream (hundreds of 1 kHz channels) reads fewer rows at a time: the batch stays ~16 MiB
+        width_rows = max(MIN_BATCH_ROWS, READ_BATCH_BYTES // (8 * (1 + len(spec.columns))))
         self._batches = pf.iter_batches(
-            batch_size=batch_rows, columns=read_cols, row_groups=range(start_rg, pf.num_row_groups)
+            batch_size=min(batch_rows, width_rows), columns=read_cols, row_groups=range(start_rg, pf.num_row_groups)
         )
         self._ts = _EMPTY_TS
         self._cols: list[Any] = [
             np.empty(0, np.float64) if self.linear else pa.array([], type=t) for t in self.out_types
         ]
-        self._last: int | None = None
+        self._pending: list[tuple[np.ndarray, list[Any]]] = []  # batches read, not yet merged into the buffer
+        self._last: int | None = None  # the last timestamp read
         self._eof = False
         self.rows_read = 0
 
@@ -171,15 +177,31 @@ class _StreamCursor:
             return
         self._last = int(ts[-1])
         self.rows_read += ts.size
-        self._ts = np.concatenate([self._ts, ts]) if self._ts.size else ts
-        for k, c in enumerate(self.spec.columns):
+        cols = []
+        for c in self.spec.columns:
             new = batch.column(c)
             if self.linear:
-                # Nulls become NaN, so interpolation across a null yields NaN rather than a made-up value.
-                new = new.cast(pa.float64()).to_numpy(zero_copy_only=False)
-                self._cols[k] = np.concatenate([self._cols[k], new]) if len(self._cols[k]) else new
+                # Nulls become NaN, so interpolation across a null yields NaN rather than a made-up value. Float
+                # columns keep their width: interpolate() widens only the samples it uses.
+                wide = new if pa.types.is_floating(new.type) else new.cast(pa.float64())
+                cols.append(wide.to_numpy(zero_copy_only=False))
             else:
-                self._cols[k] = pa.concat_arrays([self._cols[k], new]) if len(self._cols[k]) else new
+                cols.append(new)
+        self._pending.append((ts, cols))
+
+    def _merge(self) -> None:
+        """Append the batches read since the last merge to the buffer, in one copy."""
+        if not self._pending:
+            return
+        parts = [(self._ts, self._cols)] if self._ts.size else []
+        parts += self._pending
+        self._pending = []
+        if len(parts) == 1:
+            self._ts, self._cols = parts[0]
+            return
+        self._ts = np.concatenate([ts for ts, _cols in parts])
+        join = np.concatenate if self.linear else pa.concat_arrays
+        self._cols = [join([cols[k] for _ts, cols in parts]) for k in range(len(self.spec.columns))]
 
     def _trim(self, t_first: int) -> None:
         """Drop rows before the last sample <= t_first: no later window can use them (windows move forward)."""
@@ -191,16 +213,21 @@ class _StreamCursor:
 
     def window(self, t_first: int, t_last: int) -> tuple[np.ndarray, list[Any], int]:
         """Rows needed by frames in ``[t_first, t_last]``: ``(ts, columns, global row index of ts[0])``."""
-        # Trim while reading, so a stream that starts long before the drive never piles up in the buffer.
         self._trim(t_first)
-        while not self._eof and (not self._ts.size or self._ts[-1] <= t_last):
+        while not self._eof and (self._last is None or self._last <= t_last):
             self._read()
-            self._trim(t_first)
+            if self._last is not None and self._last <= t_first:
+                # a stream that starts long before the drive never piles up in the buffer
+                self._merge()
+                self._trim(t_first)
+        self._merge()
+        self._trim(t_first)
         j = int(np.searchsorted(self._ts, t_last, side="right"))  # first sample after the window
         if j < self._ts.size:
             t_next = self._ts[j]
-            while not self._eof and self._ts[-1] == t_next:  # complete its duplicate run (last row wins)
+            while not self._eof and self._last == t_next:  # complete its duplicate run (last row wins)
                 self._read()
+            self._merge()
             end = int(np.searchsorted(self._ts, t_next, side="right"))
         else:
             end = self._ts.size
@@ -363,6 +390,7 @@ def sync_drive(config: SyncConfig, out_path: Path, *, log: _Logger | None = None
             writer.finish()
         finally:
             writer.close()
+            release_memory()
 
     report.dropped = report.frames - report.frames_written
     for cur, st in zip(cursors, stats, strict=True):

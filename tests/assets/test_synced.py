@@ -183,3 +183,51 @@ def test_flat_and_nan_runs_are_measured_the_same_whatever_the_batching(batch: in
         nan.update(tb, np.isnan(vb), np.zeros(len(vb)))
     assert (flat.longest_s, flat.longest_key, flat.longest_from_ns) == (7.0, 5.0, 12_000_000_000)
     assert (nan.longest_s, nan.longest_from_ns) == (1.0, 10_000_000_000)
+
+
+def test_decoded_signals_refuses_a_file_changed_since_raw_drive_registered_it(
+    fleet: dict[str, Path], tmp_path: Path
+) -> None:
+    """decoded_signals reuses raw_drive's sha256 and chunk CRCs, so it must not decode other bytes than those."""
+    landing = tmp_path / "landing"
+    drive = Path(shutil.copytree(fleet["healthy"], landing / "de" / fleet["healthy"].name))
+    shutil.copytree(fleet["healthy"].parent / "_dbc", landing / "de" / "_dbc")
+    result, _checks, materialized = run_drive(drive, tmp_path)
+    assert result.success and DECODED in materialized
+    mcap = next(drive.glob("*.mcap"))
+    with open(mcap, "ab") as fh:  # bytes appended after registration
+        fh.write(b"\0")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("drives_de", [drive.name])
+        changed = materialize(
+            [*ASSETS],
+            selection=[DECODED],
+            partition_key=drive.name,
+            instance=instance,
+            raise_on_error=False,
+            resources={
+                "landing": LocalLandingZone(root=str(landing)),
+                "lake": LocalLake(root=str(tmp_path / "lake")),
+                "great_expectations": GreatExpectationsResource(),
+            },
+        )
+    assert not changed.success
+    (failure,) = [e for e in changed.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert f"{mcap.name} ({mcap.stat().st_size - 1} bytes" in message
+    assert "changed since raw_drive registered version 1" in message and "materialize raw_drive again" in message
+
+
+def test_profiles_gathered_while_writing_equal_profiles_read_back(fleet: dict[str, Path], tmp_path: Path) -> None:
+    """The quality checks get the profiles the sinks gather as they write: the same as reading the tables."""
+    from ad_core.quality.profile import drive_profiles, profile_drive
+
+    drive = fleet["clock_jump"]
+    files = sorted(p for p in drive.iterdir() if p.suffix in (".mf4", ".mcap"))
+    report = decode_drive(files, tmp_path / "out", sorted((drive.parent / "_dbc").glob("*.dbc")))
+    streamed = drive_profiles(s.quality for s in report.streams if s.quality is not None)
+    read_back = profile_drive(tmp_path / "out")
+    assert [s.row() for s in streamed[0]] == [s.row() for s in read_back[0]]
+    assert [s.row() for s in streamed[1]] == [s.row() for s in read_back[1]]
+    assert len(streamed[0]) == len(list((tmp_path / "out").glob("*.parquet"))) > 5
+    assert any(s.sensor_clock_backward_steps for s in streamed[0])  # the fault is in what was gathered
