@@ -83,7 +83,7 @@ def test_dbt_models_and_tests_through_dagster_before_and_after_the_splits(fleet:
     assert not (fleet.lake / SPLIT_ASSIGNMENTS.folder).exists()
     first = fleet.build_catalog("build_without_splits")
     assert first.success
-    models = {"drives", "streams", "drive_qa_status", "split_assignments", "split_summary"}
+    models = {"drives", "streams", "drive_qa_status", "split_assignments", "split_summary", "engine_traceability"}
     assert models | {"odd_coverage_by_market", "odd_coverage_by_split"} == _materialized(first)
     checks = _checks(first)
     assert len(checks) >= 35 and all(checks.values()), [k for k, ok in checks.items() if not ok]
