@@ -429,13 +429,24 @@ SPLIT_REVIEW = AssetStage(
     upstream=(CURATED_SPLITS.name,),
     alerted=False,  # a report for reviewers, no checks of its own
 )
+# Model-ready WebDataset shards of the latest split version (docs/training-at-scale.md): the split stage's output
+# in the form trainers stream; re-written only when the manifest or the image spec changes.
+TRAINING_SHARDS = AssetStage(
+    "training_shards",
+    group="curated",
+    pod="curate",
+    job=MARKET_ASSETS_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS.name,),
+    alerted=False,  # no checks of its own: a failure fails the market_assets run
+)
 TRAINED_MODEL = AssetStage(
     "trained_model",
     group="models",
     pod="train",
     job=TRAIN_JOB,
     per_drive=False,
-    upstream=(CURATED_SPLITS.name,),
+    upstream=(TRAINING_SHARDS.name,),
     alerted=False,  # a model that fails its gate is not an incident: it is simply not a candidate
     freshness=False,  # retrained on demand (new splits), not on a clock
 )
@@ -489,6 +500,7 @@ ASSET_STAGES: tuple[AssetStage, ...] = (
     ODD_TAGS_STAGE,
     CURATED_SPLITS,
     SPLIT_REVIEW,
+    TRAINING_SHARDS,
     MODEL_SEARCH,
     TRAINED_MODEL,
     ONNX_ENGINE,
