@@ -45,7 +45,7 @@ from ad_core.train.mlflow_io import load_model, log_model
 from ad_core.train.model import PilotNet
 from ad_core.train.shards import ShardSplit, ShardStream, join_uri, load_split, read_uri, write_uri
 from ad_core.train.version import code_version, version_tags
-from ad_core.train.worker import MODEL_FILE, RESULT_FILE, TrainJob
+from ad_core.train.worker import MODEL_FILE, RESULT_FILE, TrainJob, train_job
 from ad_resources.lake import Lake
 from ad_resources.tracking import MlflowTracking
 from ad_resources.training import TrainingLauncher
@@ -259,6 +259,14 @@ def _search_params(lake: Lake, market: str, params: TrainParams) -> tuple[TrainP
     return replace(params, **chosen), best
 
 
+def _log_epoch(context: AssetExecutionContext) -> Callable[[Any], None]:
+    def log(s: Any) -> None:
+        val = f", val MAE {s.val_mae:.3f}" if s.val_mae is not None else ""
+        context.log.info(f"epoch {s.epoch}: loss {s.train_loss:.4f}, {s.train_frames_per_s:.0f} frames/s{val}")
+
+    return log
+
+
 def train_market(
     context: AssetExecutionContext,
     market: str,
@@ -330,7 +338,10 @@ def train_market(
         )
         job_uri = lake.uri(f"{run_dir}/job.json")
         write_uri(job_uri, job.to_json().encode())
-        launcher.launch(context, job_uri, settings.ranks)
+        if settings.ranks == 1 and launcher.single_rank_in_process:
+            train_job(job, _log_epoch(context))
+        else:
+            launcher.launch(context, job_uri, settings.ranks)
         summary = json.loads(read_uri(join_uri(job.output_uri, RESULT_FILE)))
         model = PilotNet(params.image.height, params.image.width, summary["target_mean"], summary["target_scale"])
         model.load_state_dict(torch.load(io.BytesIO(read_uri(join_uri(job.output_uri, MODEL_FILE))), weights_only=True))

@@ -3,8 +3,9 @@
 Every launcher runs the same worker (``python -m ad_core.train.worker JOB_URI``, docs/training-at-scale.md)
 through Dagster Pipes, so rank 0's per-epoch logs and metrics come back to the Dagster run:
 
-* :class:`LocalTrainingLauncher`: 1 rank in-process; N ranks as ``torchrun --standalone --nproc-per-node N``
-  (``ad_core.train.launch``, which records the first failed rank) launched with ``PipesSubprocessClient``.
+* :class:`LocalTrainingLauncher`: 1 rank in the step's process (the asset calls the worker); N ranks as
+  ``torchrun --standalone --nproc-per-node N`` (``ad_core.train.launch``, which records the first failed rank)
+  launched with ``PipesSubprocessClient``.
 * :class:`K8sTrainingLauncher`: an *indexed* Kubernetes Job of N pods (one per node, ``torchrun`` in each with
   one process per GPU of the train stage) and a headless Service giving pod 0 the stable DNS name the ranks
   rendezvous on, in a Pipes session built from dagster-k8s's pieces (env context injector, pod-log message
@@ -29,23 +30,19 @@ from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
 from ad_common.stages import k8s_config, stage_spec
-from ad_core.train.worker import TrainJob, train_job
 
 TRAIN_STAGE = "train"
 JOB_LABEL = "ad-platform/train-job"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
-def _log_epoch(context: AssetExecutionContext) -> Any:
-    def log(s: Any) -> None:
-        val = f", val MAE {s.val_mae:.3f}" if s.val_mae is not None else ""
-        context.log.info(f"epoch {s.epoch}: loss {s.train_loss:.4f}, {s.train_frames_per_s:.0f} frames/s{val}")
-
-    return log
-
-
 class TrainingLauncher(ConfigurableResource):
     """Runs ``ranks`` ranks of the training job at ``job_uri`` (see the module docstring)."""
+
+    @property
+    def single_rank_in_process(self) -> bool:
+        """Whether a 1-rank run trains in the step's own process (the asset then calls the worker directly)."""
+        return False
 
     def launch(self, context: AssetExecutionContext, job_uri: str, ranks: int) -> None:
         raise NotImplementedError
@@ -60,12 +57,11 @@ def describe_failure(failure: dict[str, Any]) -> str:
 class LocalTrainingLauncher(TrainingLauncher):
     """1 rank in the step's process; N ranks as local torchrun processes (gloo on CPU)."""
 
-    def launch(self, context: AssetExecutionContext, job_uri: str, ranks: int) -> None:
-        if ranks == 1:
-            from ad_core.train.shards import read_uri
+    @property
+    def single_rank_in_process(self) -> bool:
+        return True
 
-            train_job(TrainJob.from_json(read_uri(job_uri).decode()), _log_epoch(context))
-            return
+    def launch(self, context: AssetExecutionContext, job_uri: str, ranks: int) -> None:
         with tempfile.TemporaryDirectory(prefix="ad-torchrun-") as tmp:
             failure_file = Path(tmp) / "failure.json"
             command = [

@@ -220,7 +220,10 @@ def test_a_model_can_also_train_on_other_markets_and_is_gated_in_each(env: dict[
         result = _materialize(instance, env, **TINY, also_train_on=["us"])
         assert result.success
         meta = result.get_asset_materialization_events()[0].materialization.metadata
-        assert meta["trained_on_markets"].value == ["de", "us"] and meta["train_frames"].value == 2 * index["splits"]["train"]["frames"]
+        assert (
+            meta["trained_on_markets"].value == ["de", "us"]
+            and meta["train_frames"].value == 2 * index["splits"]["train"]["frames"]
+        )
         version = tracking.client().get_model_version(NAME, meta["version"].value)
         assert version.tags["markets"] == "de,us"
         assert (version.tags["manifest_sha256"], version.tags["manifest_sha256.us"]) == (de_sha, us_sha)
