@@ -64,7 +64,9 @@ class TrainSettings(Config):
     dropout: float = 0.0
     seed: int = 0
     workers: int = Field(default=1, description="DataLoader processes decoding JPEGs (0: in the trainer).")
-    threads: int = Field(default=2, description="torch threads of the trainer (part of determinism).")
+    threads: int = Field(
+        default=2, description="torch threads of each rank (part of determinism; ranks x threads <= cores)."
+    )
     flip: bool = Field(default=True, description="Mirror half the frames, steering negated.")
     image_height: int = 66
     image_width: int = 200

@@ -179,6 +179,7 @@ class K8sTrainingLauncher(TrainingLauncher):
     )
     master_port: int = 29500
     poll_interval_s: float = 10.0
+    start_timeout_s: float = Field(default=1800.0, description="How long rank 0's pod may take to be scheduled.")
 
     def launch(self, context: AssetExecutionContext, job_uri: str, ranks: int) -> None:
         import kubernetes
@@ -217,7 +218,8 @@ class K8sTrainingLauncher(TrainingLauncher):
                 core.delete_namespaced_service(name, self.namespace)
 
     def _pod(self, core: Any, name: str, index: str) -> str:
-        while True:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
             pods = core.list_namespaced_pod(
                 self.namespace, label_selector=f"{JOB_LABEL}={name},{COMPLETION_INDEX}={index}"
             )
@@ -225,6 +227,7 @@ class K8sTrainingLauncher(TrainingLauncher):
             if running:
                 return str(running[0].metadata.name)
             time.sleep(self.poll_interval_s)
+        raise Failure(f"rank {index} of {name} did not start within {self.start_timeout_s:.0f} s (GPU pool full?)")
 
 
 # What trainer pods need to reach the lake and MLflow (passed through from the code server's environment).

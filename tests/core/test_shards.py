@@ -5,6 +5,8 @@ workers, local and S3 (moto on loopback) streaming alike."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import tarfile
 from collections import defaultdict
 from pathlib import Path
@@ -79,6 +81,19 @@ def test_a_shard_opens_with_tarfile_per_the_webdataset_spec(written) -> None:  #
         assert key == f"de/{meta['drive_id']}/{meta['frame_index']:08d}"
         assert torch.equal(torch.from_numpy(image), plain[row][0])  # the model's input, as the manifest loader makes it
         assert meta["steering_deg"] == pytest.approx(plain[row][1])
+
+
+def test_gnu_tar_lists_and_extracts_a_shard(written, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("tar") is None:
+        pytest.skip("no tar binary on this machine")
+    a, _, index, _ = written
+    shard = a / index["splits"]["val"]["shards"][0]["path"]
+    names = subprocess.run(["tar", "-tf", str(shard)], check=True, capture_output=True, text=True).stdout.split()
+    assert len(names) == 2 * index["splits"]["val"]["shards"][0]["samples"]
+    subprocess.run(["tar", "-xf", str(shard), "-C", str(tmp_path)], check=True)
+    assert np.load(tmp_path / names[1]).shape == (3, 66, 200) and "steering_deg" in json.loads(
+        (tmp_path / names[0]).read_text()
+    )
 
 
 def test_webdataset_reads_a_shard_where_installed(written) -> None:  # type: ignore[no-untyped-def]
