@@ -7,6 +7,9 @@ by the latest one and refuses a manifest whose bytes no longer match that sha256
 """
 
 import contextlib
+import io
+import itertools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -16,6 +19,7 @@ import mlflow
 import numpy as np
 import optuna
 import pyarrow as pa
+import torch
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -32,15 +36,19 @@ from pydantic import Field
 
 from ad_assets.stage_asset import stage_asset_args
 from ad_common.hashing import sha256_file
-from ad_common.lake_layout import search_best_params_path
-from ad_common.stages import CURATED_SPLITS, MODEL_SEARCH, TRAINED_MODEL
+from ad_common.lake_layout import search_best_params_path, train_run_dir
+from ad_common.stages import CURATED_SPLITS, MODEL_SEARCH, TRAINED_MODEL, TRAINING_SHARDS
 from ad_core.train import registry
 from ad_core.train.data import ImageSpec, SplitFrames, read_manifest, select_split
-from ad_core.train.loop import TrainParams, evaluate, predict, train
+from ad_core.train.loop import TrainParams, evaluate_frames, predict, predict_dataset, train
 from ad_core.train.mlflow_io import load_model, log_model
+from ad_core.train.model import PilotNet
+from ad_core.train.shards import ShardSplit, ShardStream, join_uri, load_split, read_uri, write_uri
 from ad_core.train.version import code_version, version_tags
+from ad_core.train.worker import MODEL_FILE, RESULT_FILE, TrainJob, train_job
 from ad_resources.lake import Lake
 from ad_resources.tracking import MlflowTracking
+from ad_resources.training import TrainingLauncher
 
 CHECK_BASELINE = "test_mae_vs_baseline"
 CHECK_REGRESSION = "no_regression_vs_approved"
@@ -56,14 +64,20 @@ class TrainSettings(Config):
     dropout: float = 0.0
     seed: int = 0
     workers: int = Field(default=1, description="DataLoader processes decoding JPEGs (0: in the trainer).")
-    threads: int = Field(default=2, description="torch threads of the trainer (part of determinism).")
+    threads: int = Field(
+        default=2, description="torch threads of each rank (part of determinism; ranks x threads <= cores)."
+    )
     flip: bool = Field(default=True, description="Mirror half the frames, steering negated.")
     image_height: int = 66
     image_width: int = 200
     crop_top: float = 0.40
-    max_frames_per_drive: int | None = Field(
-        default=None, description="Evenly spaced subset of each drive's frames (quick runs, tests); None: all."
+    ranks: int = Field(
+        default=1,
+        description="Data-parallel ranks (torch.distributed): 1 trains in the step's process; N launches N ranks "
+        "through the training launcher resource (local torchrun, or pods on the GPU pool). batch_size is global.",
     )
+    shuffle_buffer: int = Field(default=1024, description="Samples each loader worker mixes (bounded memory).")
+    device: str = Field(default="cpu", description="cpu, or cuda (NCCL between ranks; not run on a GPU yet).")
     use_search_params: bool = Field(
         default=True, description="Take learning rate, weight decay, dropout, batch size from the latest model search."
     )
@@ -90,7 +104,9 @@ class TrainSettings(Config):
             workers=self.workers,
             threads=self.threads,
             flip=self.flip,
+            shuffle_buffer=self.shuffle_buffer,
             image=ImageSpec(self.image_height, self.image_width, self.crop_top),
+            device=self.device,
         )
 
 
@@ -108,6 +124,27 @@ def latest_splits(context: AssetExecutionContext, market: str) -> dict[str, str]
     if missing:
         raise Failure(f"the latest {key.to_user_string()} materialization lacks {', '.join(missing)} in its metadata")
     return {k: str(metadata[k].value) for k in ("manifest_path", "manifest_sha256", "split_version")}
+
+
+def latest_shards(context: AssetExecutionContext, market: str) -> dict[str, str]:
+    """index_path / manifest_sha256 / manifest_path / split_version / image_spec of the latest
+    ``<market>/training_shards``; refused when the market's curated splits moved on since (stale shards)."""
+    key = TRAINING_SHARDS.key(market)
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise Failure(
+            f"{key.to_user_string()} has never been materialized: there are no shards to train on "
+            f"(materialize {key.to_user_string()} first)"
+        )
+    metadata = {k: str(v.value) for k, v in event.asset_materialization.metadata.items()}
+    splits = latest_splits(context, market)
+    if metadata.get("manifest_sha256") != splits["manifest_sha256"]:
+        raise Failure(
+            f"{key.to_user_string()} holds manifest {metadata.get('manifest_sha256', '?')[:12]} but the latest "
+            f"{CURATED_SPLITS.key(market).to_user_string()} is {splits['manifest_sha256'][:12]}: materialize "
+            f"{key.to_user_string()} again"
+        )
+    return metadata
 
 
 @contextlib.contextmanager
@@ -202,7 +239,7 @@ def gate(
 
 
 def _approved_mae(
-    tracking: MlflowTracking, name: str, test: SplitFrames, settings: TrainSettings
+    tracking: MlflowTracking, name: str, test: ShardSplit, settings: TrainSettings
 ) -> tuple[dict[str, float] | None, str | None]:
     """Per-market test MAE of the current ``approved`` version, re-evaluated on *these* test frames."""
     client = tracking.client()
@@ -211,9 +248,8 @@ def _approved_mae(
         return None, None
     tracking.activate()
     model = load_model(f"models:/{name}@{registry.APPROVED}")
-    spec = ImageSpec.from_json(approved.tags["image_spec"]) if "image_spec" in approved.tags else ImageSpec()
-    pred, _ = predict(model, test, spec, workers=settings.workers)
-    report = evaluate(pred, test, 0.0)
+    pred, _ = predict_dataset(model, ShardStream(test.shards), test.size, workers=settings.workers)
+    report = evaluate_frames(pred, test.frames, test.targets(), 0.0)
     return {m: s["mae"] for m, s in report["markets"].items()}, str(approved.version)
 
 
@@ -225,98 +261,128 @@ def _search_params(lake: Lake, market: str, params: TrainParams) -> tuple[TrainP
     return replace(params, **chosen), best
 
 
+def _log_epoch(context: AssetExecutionContext) -> Callable[[Any], None]:
+    def log(s: Any) -> None:
+        val = f", val MAE {s.val_mae:.3f}" if s.val_mae is not None else ""
+        context.log.info(f"epoch {s.epoch}: loss {s.train_loss:.4f}, {s.train_frames_per_s:.0f} frames/s{val}")
+
+    return log
+
+
 def train_market(
     context: AssetExecutionContext,
     market: str,
     settings: TrainSettings,
     lake: Lake,
     tracking: MlflowTracking,
+    launcher: TrainingLauncher,
 ) -> MaterializeResult:
     markets = [market, *(m for m in settings.also_train_on if m != market)]
-    all_splits = {m: latest_splits(context, m) for m in markets}
-    splits = all_splits[market]
+    all_shards = {m: latest_shards(context, m) for m in markets}
+    shards = all_shards[market]
     name = registry.model_name(market)
     params = settings.params()
     search = None
     if settings.use_search_params:
         params, search = _search_params(lake, market, params)
-    with contextlib.ExitStack() as stack:
-        opened = {m: stack.enter_context(manifest_files(lake, s)) for m, s in all_splits.items()}
-        manifest = pa.concat_tables([opened[m][0] for m in markets])
-        resolve = opened[market][1]  # resolves any lake-relative path
-        kw = {"markets": markets, "max_frames_per_drive": settings.max_frames_per_drive}
-        train_split = select_split(manifest, "train", resolve, **kw)
-        val_split = select_split(manifest, "val", resolve, **kw)
-        test_split = select_split(manifest, "test", resolve, markets=markets)
-        no_test = [m for m in markets if m not in set(test_split.table.column("market").to_pylist())]
-        if no_test:
-            raise Failure(f"no test frames to evaluate on in {', '.join(no_test)} (split manifests of {markets})")
-        tags = {
-            **version_tags(),
-            "manifest_sha256": splits["manifest_sha256"],
-            "manifest_path": splits["manifest_path"],
-            "split_version": splits["split_version"],
-            **{f"manifest_sha256.{m}": s["manifest_sha256"] for m, s in all_splits.items() if m != market},
-            "markets": ",".join(markets),
-            "dagster_run_id": context.run_id,
-            "dagster_asset_key": context.asset_key.to_user_string(),
-            "dagster_partition": context.partition_key if context.has_partition_key else "",
-            "target_column": train_split.target_column,
-            "image_spec": params.image.to_json(),
+    for m, s in all_shards.items():
+        if ImageSpec.from_json(s["image_spec"]) != params.image:
+            raise Failure(
+                f"{m}/training_shards hold {s['image_spec']} frames but the model takes {params.image.to_json()}: "
+                f"materialize {m}/training_shards with that image spec"
+            )
+    index_uris = [lake.uri(all_shards[m]["index_path"]) for m in markets]
+    train_set, val_set, test_set = (load_split(index_uris, split) for split in ("train", "val", "test"))
+    if train_set.size == 0:
+        raise Failure(f"no train frames in the shards of {markets} (all excluded, or no steering synced)")
+    no_test = [m for m in markets if m not in set(test_set.frames.column("market").to_pylist())]
+    if no_test:
+        raise Failure(f"no test frames to evaluate on in {', '.join(no_test)} (training shards of {markets})")
+    target_column = str((lake.read_json(shards["index_path"]) or {}).get("target_column", ""))
+    tags = {
+        **version_tags(),
+        "manifest_sha256": shards["manifest_sha256"],
+        "manifest_path": shards["manifest_path"],
+        "split_version": shards["split_version"],
+        "shards_index": shards["index_path"],
+        **{f"manifest_sha256.{m}": s["manifest_sha256"] for m, s in all_shards.items() if m != market},
+        "markets": ",".join(markets),
+        "dagster_run_id": context.run_id,
+        "dagster_asset_key": context.asset_key.to_user_string(),
+        "dagster_partition": context.partition_key if context.has_partition_key else "",
+        "target_column": target_column,
+        "image_spec": params.image.to_json(),
+    }
+    targets = train_set.targets()
+    run_dir = train_run_dir(market, context.run_id)
+    with tracking.run(f"{market}-trained_model-{context.run_id[:8]}", tags=tags) as run:
+        mlflow.log_params(
+            {
+                **params.to_dict(),
+                "ranks": settings.ranks,
+                "train_frames": train_set.size,
+                "val_frames": val_set.size,
+                "test_frames": test_set.size,
+                "train_shards": len(train_set.shards),
+                "searched_params": bool(search),
+            }
+        )
+        job = TrainJob(
+            train=train_set.shards,
+            val=val_set.shards,
+            params=params,
+            target_mean=float(targets.mean()),
+            target_scale=float(targets.std()),
+            output_uri=lake.uri(run_dir),
+            mlflow_tracking_uri=tracking.tracking_uri,
+            mlflow_run_id=run.info.run_id,
+            train_frames=train_set.size,
+        )
+        job_uri = lake.uri(f"{run_dir}/job.json")
+        write_uri(job_uri, job.to_json().encode())
+        if settings.ranks == 1 and launcher.single_rank_in_process:
+            train_job(job, _log_epoch(context))
+        else:
+            launcher.launch(context, job_uri, settings.ranks)
+        summary = json.loads(read_uri(join_uri(job.output_uri, RESULT_FILE)))
+        model = PilotNet(params.image.height, params.image.width, summary["target_mean"], summary["target_scale"])
+        model.load_state_dict(torch.load(io.BytesIO(read_uri(join_uri(job.output_uri, MODEL_FILE))), weights_only=True))
+        model.eval()
+        pred, eval_s = predict_dataset(model, ShardStream(test_set.shards), test_set.size, workers=params.workers)
+        report = evaluate_frames(pred, test_set.frames, test_set.targets(), summary["target_mean"])
+        metrics = {
+            "test_mae": report["overall"]["mae"],
+            "test_rmse": report["overall"]["rmse"],
+            "test_baseline_mae": report["overall"]["baseline_mae"],
+            "eval_frames_per_s": test_set.size / eval_s,
+            "best_epoch": summary["best_epoch"],
         }
-        with tracking.run(f"{market}-trained_model-{context.run_id[:8]}", tags=tags) as run:
-            mlflow.log_params(
+        for m, s in report["markets"].items():
+            metrics.update(
                 {
-                    **params.to_dict(),
-                    "train_frames": train_split.frames,
-                    "val_frames": val_split.frames,
-                    "test_frames": test_split.frames,
-                    "frames_without_target": train_split.dropped_no_target + test_split.dropped_no_target,
-                    "searched_params": bool(search),
+                    f"test_mae_{m}": s["mae"],
+                    f"test_rmse_{m}": s["rmse"],
+                    f"test_baseline_mae_{m}": s["baseline_mae"],
+                    f"test_mae_ratio_{m}": s["mae_ratio"],
                 }
             )
-
-            def on_epoch(s: Any) -> None:
-                metrics = {"train_loss": s.train_loss, "train_frames_per_s": s.train_frames_per_s}
-                if s.val_mae is not None:
-                    metrics["val_mae"] = s.val_mae
-                mlflow.log_metrics(metrics, step=s.epoch)
-                context.log.info(f"epoch {s.epoch}: loss {s.train_loss:.4f}, {s.train_frames_per_s:.0f} frames/s")
-
-            result = train(train_split, val_split if val_split.frames else None, params, on_epoch)
-            pred, eval_s = predict(result.model, test_split, params.image, workers=params.workers)
-            report = evaluate(pred, test_split, result.target_mean)
-            metrics = {
-                "test_mae": report["overall"]["mae"],
-                "test_rmse": report["overall"]["rmse"],
-                "test_baseline_mae": report["overall"]["baseline_mae"],
-                "eval_frames_per_s": test_split.frames / eval_s,
-                "best_epoch": result.best_epoch,
-            }
-            for m, s in report["markets"].items():
-                metrics.update(
-                    {
-                        f"test_mae_{m}": s["mae"],
-                        f"test_rmse_{m}": s["rmse"],
-                        f"test_baseline_mae_{m}": s["baseline_mae"],
-                        f"test_mae_ratio_{m}": s["mae_ratio"],
-                    }
-                )
-            mlflow.log_metrics(metrics)
-            mlflow.log_dict(report, "evaluation.json")
-            mlflow.log_dict([vars(h) for h in result.history], "history.json")
-            if search:
-                mlflow.log_dict(search, "search_best_params.json")
-            example = _example(test_split, params.image)
-            version = log_model(result.model, params.image, example, name)
-            assert version is not None
-            client = tracking.client()
-            for k, v in {**tags, "mlflow_run_id": run.info.run_id}.items():
-                client.set_model_version_tag(name, version, k, v)
-            approved_mae, approved_version = _approved_mae(tracking, name, test_split, settings)
-            checks = gate(report, approved_mae, settings)
-            candidate = registry.record_gate(client, name, version, {k: v[0] for k, v in checks.items()})
-            mlflow.set_tags({"registered_model": name, "registered_version": version, "candidate": str(candidate)})
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(report, "evaluation.json")
+        mlflow.log_dict(summary["history"], "history.json")
+        if search:
+            mlflow.log_dict(search, "search_best_params.json")
+        example = np.stack(
+            [image.float().div(255).numpy() for image, _y, _i in itertools.islice(ShardStream(test_set.shards), 2)]
+        )
+        version = log_model(model, params.image, example, name)
+        assert version is not None
+        client = tracking.client()
+        for k, v in {**tags, "mlflow_run_id": run.info.run_id}.items():
+            client.set_model_version_tag(name, version, k, v)
+        approved_mae, approved_version = _approved_mae(tracking, name, test_set, settings)
+        checks = gate(report, approved_mae, settings)
+        candidate = registry.record_gate(client, name, version, {k: v[0] for k, v in checks.items()})
+        mlflow.set_tags({"registered_model": name, "registered_version": version, "candidate": str(candidate)})
     context.log.info(
         f"{name} version {version}: test MAE {report['overall']['mae']:.3f} deg vs baseline "
         f"{report['overall']['baseline_mae']:.3f}; "
@@ -328,18 +394,20 @@ def train_market(
             "version": version,
             "candidate": candidate,
             "mlflow_run_id": run.info.run_id,
-            "manifest_sha256": splits["manifest_sha256"],
-            "split_version": splits["split_version"],
+            "manifest_sha256": shards["manifest_sha256"],
+            "split_version": shards["split_version"],
+            "shards_index": shards["index_path"],
+            "ranks": settings.ranks,
             "code_version": code_version(),
             "approved_version": approved_version or "",
             "test_mae": report["overall"]["mae"],
             "test_baseline_mae": report["overall"]["baseline_mae"],
-            "train_frames": train_split.frames,
-            "test_frames": test_split.frames,
+            "train_frames": train_set.size,
+            "test_frames": test_set.size,
             "trained_on_markets": MetadataValue.json(markets),
             "markets": MetadataValue.md(_market_table(report, approved_mae)),
             "odd_slices": MetadataValue.md(_slice_table(report)),
-            "history": MetadataValue.json([vars(h) for h in result.history]),
+            "history": MetadataValue.json(summary["history"]),
             "params": MetadataValue.json(params.to_dict()),
             "search": MetadataValue.json(search or {}),
             "approve_with": f"python -m ad_platform approve {name} {version} --by NAME --note TEXT",
@@ -358,13 +426,6 @@ def train_market(
             for check, (passed, description, meta) in checks.items()
         ],
     )
-
-
-def _example(split: SplitFrames, spec: ImageSpec) -> np.ndarray:
-    from ad_core.train.data import CameraFrames
-
-    it = iter(CameraFrames(split.drives[:1], spec))
-    return np.stack([next(it)[0].float().div(255).numpy() for _ in range(2)])
 
 
 class SearchSettings(Config):
@@ -523,9 +584,13 @@ def definitions(market: str) -> Definitions:
         "alias; `approved` is set only by `python -m ad_platform approve` (docs/models.md).",
     )
     def trained_model(
-        context: AssetExecutionContext, config: TrainSettings, lake: Lake, mlflow_tracking: MlflowTracking
+        context: AssetExecutionContext,
+        config: TrainSettings,
+        lake: Lake,
+        mlflow_tracking: MlflowTracking,
+        training: TrainingLauncher,
     ) -> MaterializeResult:
-        return train_market(context, market, config, lake, mlflow_tracking)
+        return train_market(context, market, config, lake, mlflow_tracking, training)
 
     @asset(
         **stage_asset_args(MODEL_SEARCH, market),

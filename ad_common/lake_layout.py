@@ -24,7 +24,11 @@ Layout (one folder per record kind, one file per drive, so concurrent runs never
     catalog/split_assignments/<market>/<version>.parquet   curated_splits: one row per drive of a split version
     catalog/drive_checks/<market>/<drive_id>@<stage>.parquet  a per-drive stage's asset-check outcomes for one drive
     catalog/model_approvals/<model>/<at_ns>-v<version>.parquet   approve/rollback CLI: the gate's audit trail
+    shards/<market>/<split_version>/index.json             training_shards: shard list, manifest sha256, image spec
+    shards/<market>/<split_version>/<split>/shard-*.tar    training_shards: WebDataset tar shards of model-ready frames
+    shards/<market>/<split_version>/<split>/frames.parquet training_shards: sample order -> frame ids, target, ODD
     models/<market>/search/best_params.json                 model_search: the best trial's params
+    models/<market>/train-runs/<run_id>/                    trained_model: job.json, rank 0's model.pt + result.json
     engines/<market>/<target>/<sha256>/engine.<ext>          compiled engines (onnx-cpu, tensorrt-<gpu>-<precision>,
     engines/<market>/<target>/<sha256>/report.json              qnn-<device>): engine, parity/latency/profile report
     catalog/engines/<market>/<target>-<sha256>.parquet     one row per built engine: model version, run, manifest
@@ -90,6 +94,16 @@ def recording_path(market: str, drive_id: str) -> str:
 
 def split_review_dir(market: str, split_version: str) -> str:
     return f"reports/curated_splits/{market}/{split_version}"
+
+
+def shards_dir(market: str, split_version: str) -> str:
+    """The training shards of one split version of a market (``index.json`` names every shard)."""
+    return f"shards/{market}/{split_version}"
+
+
+def train_run_dir(market: str, run_id: str) -> str:
+    """One training run's job spec and rank 0's outputs (what the ranks and the asset exchange)."""
+    return f"models/{market}/train-runs/{run_id}"
 
 
 def search_best_params_path(market: str) -> str:

@@ -483,13 +483,24 @@ REVIEW_VERDICTS_STAGE = AssetStage(
     alerted=False,
     freshness=False,  # materialized by review_verdicts_sensor when reviewers answer
 )
+# Model-ready WebDataset shards of the latest split version (docs/training-at-scale.md): the split stage's output
+# in the form trainers stream; re-written only when the manifest or the image spec changes.
+TRAINING_SHARDS = AssetStage(
+    "training_shards",
+    group="curated",
+    pod="curate",
+    job=MARKET_ASSETS_JOB,
+    per_drive=False,
+    upstream=(CURATED_SPLITS.name,),
+    alerted=False,  # no checks of its own: a failure fails the market_assets run
+)
 TRAINED_MODEL = AssetStage(
     "trained_model",
     group="models",
     pod="train",
     job=TRAIN_JOB,
     per_drive=False,
-    upstream=(CURATED_SPLITS.name,),
+    upstream=(TRAINING_SHARDS.name,),
     alerted=False,  # a model that fails its gate is not an incident: it is simply not a candidate
     freshness=False,  # retrained on demand (new splits), not on a clock
 )
@@ -546,6 +557,7 @@ ASSET_STAGES: tuple[AssetStage, ...] = (
     SPLIT_REVIEW,
     REVIEW_PROJECT,
     REVIEW_VERDICTS_STAGE,
+    TRAINING_SHARDS,
     MODEL_SEARCH,
     TRAINED_MODEL,
     ONNX_ENGINE,

@@ -225,9 +225,9 @@ def _print_metadata_catalog_summary(run: ExecuteInProcessResult) -> None:
         print(f"  {market.upper()} QA {status}: {drives} drive(s)")
 
 
-# The demo trains small (3 epochs, 300 frames a drive): ~1 min a market on 2 cores, so `make demo` stays short;
-# docs/models.md has the full-size figures.
-DEMO_TRAINING = {"epochs": 3, "max_frames_per_drive": 300}
+# The demo trains small (3 epochs over the market's training shards, 1 rank) so `make demo` stays short;
+# docs/models.md has the full-size figures, docs/training-at-scale.md the multi-rank ones.
+DEMO_TRAINING = {"epochs": 3}
 
 
 # ---- demo step: compiled engines (issue 14) -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import timedelta
 from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ad_assets import curated, decoded, drift, engines, metadata_catalog, models, raw, recording, review, synced
+from ad_assets import curated, decoded, drift, engines, metadata_catalog, models, raw, recording, review, shards, synced
 from ad_common import settings
 from ad_common.markets import MARKETS
 from ad_common.stages import (
@@ -33,6 +33,7 @@ from ad_resources.label_studio import LabelStudioResource
 from ad_resources.quality import GreatExpectationsResource
 from ad_resources.s3 import resources_from_env
 from ad_resources.tracking import tracking_from_env
+from ad_resources.training import training_from_env
 from ad_sensors.alerts import build_alert_sensor
 from ad_sensors.landing import build_landing_sensor
 from ad_sensors.review import build_review_sensor
@@ -75,6 +76,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             recording.definitions(market),
             curated.definitions(market),
             review.definitions(market),
+            shards.definitions(market),
             models.definitions(market),
             engines.definitions(market),
         )
@@ -110,6 +112,8 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             "dbt": metadata_catalog.dbt_cli_resource(),
             # SQLite + artifact folder under $AD_STATE_DIR/mlflow; PostgreSQL + S3 via AD_MLFLOW_* (docs/models.md).
             "mlflow_tracking": tracking_from_env(settings.state_dir(), in_definitions=True),
+            # Training ranks: in-process / local torchrun, or pods on the GPU pool (docs/training-at-scale.md).
+            "training": training_from_env(),
             # EnvVar keeps the (often secret) URL out of the UI; unset: alerts are only logged.
             "alert_webhook": AlertWebhook(url=EnvVar("AD_ALERT_WEBHOOK_URL") if webhook_url else None),
             # Review projects (docs/review.md): the local Label Studio under .state/ unless AD_LABEL_STUDIO_URL

@@ -1,11 +1,10 @@
 """Train every market's steering model on a demo fleet through the real ``<m>/trained_model`` asset and print
 test MAE vs the train-mean baseline per market (the issue's target: MAE <= 50 % of the baseline's).
 
-Until the curated splits stage (issue 12) lands, the split manifests come from the test stand-in
-(``tests/support/splits.py``: drives assigned to splits by the rank of their hashed id).
+It trains from the training shards the demo materialized (``<m>/training_shards`` of the latest curated splits).
 
-    make demo                                  # or: python -m ad_platform demo --drives 2 --minutes 2
-    python benchmarks/train_demo.py            # AD_STATE_DIR as for the demo; --epochs, --max-frames-per-drive
+    make demo                                  # or: python -m ad_platform demo --drives 8 --minutes 2
+    python benchmarks/train_demo.py            # AD_STATE_DIR as for the demo; --epochs, --ranks, --fleet
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from ad_common import settings
 from ad_platform.instance import local_instance
 from ad_resources.lake import LocalLake
 from ad_resources.tracking import local_tracking
-from tests.support.splits import publish_splits
+from ad_resources.training import LocalTrainingLauncher
 
 
 def main() -> int:
@@ -33,8 +32,7 @@ def main() -> int:
     parser.add_argument("--markets", default="de,us,cn,jp")
     parser.add_argument("--train", default=None, help="markets whose model to train (default: --markets)")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--max-frames-per-drive", type=int, default=None)
-    parser.add_argument("--split-version", default="demo-v1")
+    parser.add_argument("--ranks", type=int, default=1)
     parser.add_argument(
         "--fleet", action="store_true", help="each market's model also trains on the other markets' splits"
     )
@@ -44,13 +42,11 @@ def main() -> int:
     tracking = local_tracking(settings.state_dir())
     out = {}
     markets = args.markets.split(",")
-    for market in markets:
-        publish_splits(instance, lake_root, market, args.split_version)
     for market in args.train.split(",") if args.train else markets:
         started = time.monotonic()
         config = {
             "epochs": args.epochs,
-            "max_frames_per_drive": args.max_frames_per_drive,
+            "ranks": args.ranks,
             "also_train_on": [m for m in markets if m != market] if args.fleet else [],
         }
         result = materialize(
@@ -59,7 +55,11 @@ def main() -> int:
             instance=instance,
             raise_on_error=False,
             run_config={"ops": {f"{market}__trained_model": {"config": config}}},
-            resources={"lake": LocalLake(root=str(lake_root)), "mlflow_tracking": tracking},
+            resources={
+                "lake": LocalLake(root=str(lake_root)),
+                "mlflow_tracking": tracking,
+                "training": LocalTrainingLauncher(),
+            },
         )
         events = result.get_asset_materialization_events()
         if not events:

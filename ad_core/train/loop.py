@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset
 
 from ad_common.lake_layout import ODD_TAGS
 from ad_core.train.data import CameraFrames, ImageSpec, SplitFrames, worker_init
@@ -38,6 +40,7 @@ class TrainParams:
     flip: bool = True  # mirror half the frames (steering negated): left- and right-hand traffic alike
     shuffle_buffer: int = 512
     image: ImageSpec = field(default_factory=ImageSpec)
+    device: str = "cpu"  # "cuda": each rank trains on GPU LOCAL_RANK (NCCL); not run on a GPU so far
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,7 +95,7 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _loader(dataset: CameraFrames, batch_size: int, workers: int) -> DataLoader:
+def _loader(dataset: IterableDataset, batch_size: int, workers: int, pin: bool = False) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -100,25 +103,146 @@ def _loader(dataset: CameraFrames, batch_size: int, workers: int) -> DataLoader:
         worker_init_fn=worker_init if workers else None,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
+        pin_memory=pin,
     )
 
 
-def _as_input(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0)
+def _as_input(images: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_across_ranks(*values: float) -> list[float]:
+    _rank, world = _world()
+    if world == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class _Standardized(torch.nn.Module):
+    """The model's training output as ``forward`` (DistributedDataParallel synchronises through forward)."""
+
+    def __init__(self, model: PilotNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.standardized(x)
+
+
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset: IterableDataset,
+    size: int,
+    batch_size: int = 128,
+    workers: int = 1,
+    device: str = "cpu",
+) -> tuple[np.ndarray, float]:
+    """Predictions for the samples ``dataset`` yields (``(image, target, index)``), by index, and the seconds."""
+    out = np.full(size, np.nan, np.float32)
+    started = time.perf_counter()
+    with contextlib.suppress(NotImplementedError):  # a loaded torch.export module was traced in eval mode already
+        model.eval()
+    with torch.no_grad():
+        for images, _y, rows in _loader(dataset, batch_size, workers):
+            out[rows.numpy()] = model(_as_input(images, device)).cpu().numpy()
+    return out, time.perf_counter() - started
 
 
 def predict(
     model: torch.nn.Module, split: SplitFrames, spec: ImageSpec, batch_size: int = 128, workers: int = 1
 ) -> tuple[np.ndarray, float]:
     """Predictions for every frame of ``split`` (indexed like its frame table) and the seconds it took."""
-    out = np.full(split.frames, np.nan, np.float32)
-    started = time.perf_counter()
-    with contextlib.suppress(NotImplementedError):  # a loaded torch.export module was traced in eval mode already
-        model.eval()
+    return predict_dataset(model, CameraFrames(split.drives, spec), split.frames, batch_size, workers)
+
+
+def _val_mae(model: PilotNet, val_set: IterableDataset, params: TrainParams) -> float:
+    """Mean absolute error over ``val_set``; under DDP each rank holds its part and the sums are combined."""
+    model.eval()
+    total, count = 0.0, 0
     with torch.no_grad():
-        for images, _y, rows in _loader(CameraFrames(split.drives, spec), batch_size, workers):
-            out[rows.numpy()] = model(_as_input(images)).numpy()
-    return out, time.perf_counter() - started
+        for images, y, _rows in _loader(val_set, 128, params.workers):
+            pred = model(_as_input(images, params.device)).cpu()
+            total += float((pred - y).abs().sum())
+            count += len(y)
+    total, count = _sum_across_ranks(total, count)
+    return total / max(count, 1)
+
+
+def fit(
+    train_set: IterableDataset,
+    val_set: IterableDataset | None,
+    params: TrainParams,
+    target_mean: float,
+    target_scale: float,
+    train_frames: int,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Train a :class:`PilotNet` on ``train_set`` (an epoch-aware dataset yielding ``(image, target, index)``);
+    the epoch with the best validation MAE is kept (the last one without ``val_set``).
+
+    One training loop for one process and for N (``torch.distributed`` initialised, e.g. by torchrun): the
+    model is wrapped in DistributedDataParallel, each rank takes ``batch_size / world`` samples a step (the
+    global batch, and so the optimisation, is the rank count's), losses and validation errors are summed
+    across ranks. Every rank starts from the same seeded weights (DDP also broadcasts rank 0's)."""
+    rank, world = _world()
+    if params.batch_size % world:
+        raise ValueError(f"batch_size {params.batch_size} is not divisible by the {world} ranks")
+    seed_everything(params.seed, params.threads)
+    limit_malloc_arenas()
+    scale = target_scale if target_scale > 1e-6 else 1.0
+    spec = params.image
+    model = PilotNet(spec.height, spec.width, target_mean, scale, params.dropout).to(params.device)
+    net: torch.nn.Module = _Standardized(model)
+    if world > 1:
+        device_ids = [torch.device(params.device).index or 0] if params.device.startswith("cuda") else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * e / max(1, params.epochs)))
+    )
+    loader = _loader(train_set, params.batch_size // world, params.workers, pin=params.device.startswith("cuda"))
+    history: list[EpochStats] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(params.epochs):
+        train_set.set_epoch(epoch)  # type: ignore[attr-defined]
+        net.train()
+        started, total, frames = time.perf_counter(), 0.0, 0
+        lr = optimizer.param_groups[0]["lr"]
+        for images, y, _rows in loader:
+            optimizer.zero_grad(set_to_none=True)
+            target = (y.to(params.device) - target_mean) / scale
+            loss = torch.nn.functional.smooth_l1_loss(net(_as_input(images, params.device)), target)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+            frames += len(y)
+        seconds = time.perf_counter() - started
+        schedule.step()
+        total, frames_all = _sum_across_ranks(total, frames)
+        val_mae = None
+        if val_set is not None:
+            val_mae = _val_mae(model, val_set, params)
+            if best is None or val_mae < best[0]:
+                best = (val_mae, epoch, copy.deepcopy(model.state_dict()))
+        stats = EpochStats(epoch, total / max(frames_all, 1), int(frames_all), seconds, val_mae, lr)
+        history.append(stats)
+        if on_epoch is not None and rank == 0:
+            on_epoch(stats)
+    best_epoch = params.epochs - 1
+    if best is not None:
+        best_epoch = best[1]
+        model.load_state_dict(best[2])
+    model.eval()
+    return TrainResult(model, history, best_epoch, target_mean, scale, train_frames)
 
 
 def train(
@@ -127,58 +251,16 @@ def train(
     params: TrainParams,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
-    """Train a :class:`PilotNet` on ``train_split``; the epoch with the best validation MAE is kept (the last
-    one without a validation split)."""
+    """:func:`fit` on the frames of split manifests, JPEGs decoded on the fly (:class:`CameraFrames`)."""
     if train_split.frames == 0:
         raise ValueError("the train split has no frames to train on (all excluded, or no steering synced)")
-    seed_everything(params.seed, params.threads)
-    limit_malloc_arenas()
     targets = train_split.targets()
-    mean, scale = float(targets.mean()), float(targets.std())
-    scale = scale if scale > 1e-6 else 1.0
     spec = params.image
-    model = PilotNet(spec.height, spec.width, mean, scale, params.dropout)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * e / max(1, params.epochs)))
-    )
     dataset = CameraFrames(
         train_split.drives, spec, shuffle=True, flip=params.flip, seed=params.seed, shuffle_buffer=params.shuffle_buffer
     )
-    loader = _loader(dataset, params.batch_size, params.workers)
-    history: list[EpochStats] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    val_targets = val_split.targets() if val_split is not None and val_split.frames else None
-    for epoch in range(params.epochs):
-        dataset.set_epoch(epoch)
-        model.train()
-        started, total, frames = time.perf_counter(), 0.0, 0
-        lr = optimizer.param_groups[0]["lr"]
-        for images, y, _rows in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.smooth_l1_loss(model.standardized(_as_input(images)), (y - mean) / scale)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(y)
-            frames += len(y)
-        seconds = time.perf_counter() - started
-        schedule.step()
-        val_mae = None
-        if val_targets is not None and val_split is not None:
-            pred, _ = predict(model, val_split, spec, workers=params.workers)
-            val_mae = float(np.mean(np.abs(pred - val_targets)))
-            if best is None or val_mae < best[0]:
-                best = (val_mae, epoch, copy.deepcopy(model.state_dict()))
-        stats = EpochStats(epoch, total / max(frames, 1), frames, seconds, val_mae, lr)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-    best_epoch = params.epochs - 1
-    if best is not None:
-        best_epoch = best[1]
-        model.load_state_dict(best[2])
-    model.eval()
-    return TrainResult(model, history, best_epoch, mean, scale, train_split.frames)
+    val = CameraFrames(val_split.drives, spec) if val_split is not None and val_split.frames else None
+    return fit(dataset, val, params, float(targets.mean()), float(targets.std()), train_split.frames, on_epoch)
 
 
 def _stats(pred: np.ndarray, target: np.ndarray, baseline: float) -> dict[str, float]:
@@ -199,14 +281,18 @@ def evaluate(pred: np.ndarray, split: SplitFrames, baseline: float) -> dict[str,
     the baseline that always predicts ``baseline`` (the train mean)."""
     if split.frames == 0:
         raise ValueError(f"the {split.split} split has no frames to evaluate on")
-    target = split.targets()
-    markets = np.asarray(split.table.column("market").to_pylist())
+    return evaluate_frames(pred, split.table, split.targets(), baseline)
+
+
+def evaluate_frames(pred: np.ndarray, table: pa.Table, target: np.ndarray, baseline: float) -> dict[str, Any]:
+    """:func:`evaluate` on a frame table (``market`` and ODD tag columns) and its targets, row by row."""
+    markets = np.asarray(table.column("market").to_pylist())
     report: dict[str, Any] = {"overall": _stats(pred, target, baseline), "markets": {}, "slices": []}
     for market in sorted(set(markets)):
         m = markets == market
         report["markets"][market] = _stats(pred[m], target[m], baseline)
         for tag in ODD_TAGS:
-            values = np.asarray(split.table.column(tag).fill_null("unknown").to_pylist())
+            values = np.asarray(table.column(tag).fill_null("unknown").to_pylist())
             for value in sorted(set(values[m])):
                 s = m & (values == value)
                 report["slices"].append(

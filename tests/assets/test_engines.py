@@ -22,13 +22,13 @@ from ad_platform.cli import main as cli
 from ad_resources.catalog import DuckDBCatalog, MetadataCatalog
 from ad_resources.lake import LocalLake
 from ad_resources.tracking import MlflowTracking, local_tracking
-from tests.support.splits import publish_splits, write_manifest
+from ad_resources.training import LocalTrainingLauncher
+from tests.support.splits import publish_shards, publish_splits, write_manifest
 
 NAME = "steering-de"
 ONNX_KEY, QNN_KEY = AssetKey(["de", "onnx_engine"]), AssetKey(["de", "qnn_engine"])
 TINY = {
     "epochs": 2,
-    "max_frames_per_drive": 48,
     "use_search_params": False,
     "max_mae_ratio": 100.0,
     "slice_max_mae_ratio": 100.0,
@@ -73,7 +73,11 @@ def _run(instance: DagsterInstance, env: dict[str, object], key: AssetKey, confi
         instance=instance,
         raise_on_error=False,
         run_config={"ops": {f"de__{key.path[-1]}": {"config": config}}},
-        resources={"lake": LocalLake(root=str(env["lake"])), "mlflow_tracking": env["tracking"]},
+        resources={
+            "lake": LocalLake(root=str(env["lake"])),
+            "mlflow_tracking": env["tracking"],
+            "training": LocalTrainingLauncher(),
+        },
     )
 
 
@@ -111,6 +115,7 @@ def test_approved_model_to_onnx_engine_with_parity_latency_and_complete_lineage_
     lake: Path = env["lake"]  # type: ignore[assignment]
     with instance_for_test() as instance:
         sha_manifest = publish_splits(instance, lake, "de", "v1", splits=_splits(lake), exclude={})
+        publish_shards(instance, lake, "de")  # trained_model trains from the split's shards
         assert _run(instance, env, AssetKey(["de", "trained_model"]), TINY).success
 
         # Only the approved version is compiled: a candidate is not enough.

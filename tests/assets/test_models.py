@@ -12,22 +12,22 @@ import pytest
 import torch
 from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
-from ad_assets import models
+from ad_assets import models, shards
 from ad_common.lake_layout import MODEL_APPROVALS, search_best_params_path
 from ad_core.train.mlflow_io import load_model
 from ad_platform.cli import main as cli
 from ad_resources.catalog import DuckDBCatalog
 from ad_resources.lake import LocalLake
 from ad_resources.tracking import MlflowTracking, local_tracking
-from tests.support.splits import assign_splits, lake_view, publish_splits
+from ad_resources.training import LocalTrainingLauncher
+from tests.support.splits import assign_splits, lake_view, publish_shards, publish_splits
 
 KEY, SEARCH = AssetKey(["de", "trained_model"]), AssetKey(["de", "model_search"])
 NAME = "steering-de"
-# Tiny: 48 frames per drive, 2 epochs: seconds on 2 shared cores. Gate thresholds loose (the model barely
-# trains); the regression check is the one exercised.
+# Tiny: 2 epochs over the shards of three 30 s drives (300 train frames): seconds on 2 shared cores. Gate
+# thresholds loose (the model barely trains); the regression check is the one exercised.
 TINY = {
     "epochs": 2,
-    "max_frames_per_drive": 48,
     "use_search_params": False,
     "max_mae_ratio": 100.0,
     "slice_max_mae_ratio": 100.0,
@@ -57,7 +57,11 @@ def _materialize(instance: DagsterInstance, env: dict[str, object], key: AssetKe
         instance=instance,
         raise_on_error=False,
         run_config={"ops": {f"de__{key.path[-1]}": {"config": {**config}}}},
-        resources={"lake": LocalLake(root=str(env["lake"])), "mlflow_tracking": env["tracking"]},
+        resources={
+            "lake": LocalLake(root=str(env["lake"])),
+            "mlflow_tracking": env["tracking"],
+            "training": LocalTrainingLauncher(),
+        },
     )
 
 
@@ -72,6 +76,7 @@ def test_train_register_approve_load_by_alias_then_a_retrain_that_does_not_beat_
     lake: Path = env["lake"]  # type: ignore[assignment]
     with instance_for_test() as instance:
         sha = publish_splits(instance, lake, "de", "v1", splits=_splits(lake), exclude={})
+        index = json.loads((lake / publish_shards(instance, lake, "de")).read_text())
         first = _materialize(instance, env, **TINY)
         assert first.success
         assert _checks(first) == {
@@ -91,7 +96,8 @@ def test_train_register_approve_load_by_alias_then_a_retrain_that_does_not_beat_
         run = client.get_run(v1.run_id)
         assert run.info.status == "FINISHED"  # ended explicitly, not left RUNNING
         assert run.data.tags["dagster_run_id"] == first.run_id
-        assert run.data.params["train_frames"] == "48" and run.data.params["epochs"] == "2"
+        assert run.data.params["train_frames"] == str(index["splits"]["train"]["frames"])  # every frame of the shards
+        assert run.data.params["epochs"] == "2" and run.data.tags["shards_index"] == "shards/de/v1/index.json"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mae")] == [0, 1]
         mae = run.data.metrics["test_mae_de"]
@@ -140,12 +146,24 @@ def test_train_register_approve_load_by_alias_then_a_retrain_that_does_not_beat_
         assert len(LocalLake(root=str(lake)).list_files(MODEL_APPROVALS.folder, ".parquet")) == 2
 
 
-def test_training_without_curated_splits_fails_naming_the_missing_asset(env: dict[str, object]) -> None:
+def _failure(result) -> str:  # type: ignore[no-untyped-def]
+    return result.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[no-any-return]
+
+
+def test_training_without_shards_fails_naming_the_missing_asset_and_stale_shards_are_refused(
+    env: dict[str, object],
+) -> None:
+    lake: Path = env["lake"]  # type: ignore[assignment]
     with instance_for_test() as instance:
         result = _materialize(instance, env, **TINY)
+        assert not result.success and "de/training_shards has never been materialized" in _failure(result)
+        publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
+        publish_shards(instance, lake, "de")
+        # A new split version after the shards: training refuses the stale shards, naming what to do.
+        publish_splits(instance, lake, "de", "v2", splits=_splits(lake), exclude={sorted(_splits(lake))[0]: [1, 2]})
+        result = _materialize(instance, env, **TINY)
     assert not result.success
-    failure = result.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
-    assert "de/curated_splits has never been materialized" in failure
+    assert "materialize de/training_shards again" in _failure(result)
 
 
 def test_a_manifest_changed_after_it_was_recorded_is_refused(env: dict[str, object]) -> None:
@@ -154,10 +172,14 @@ def test_a_manifest_changed_after_it_was_recorded_is_refused(env: dict[str, obje
         publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
         with open(lake / "splits/de/v1/manifest.parquet", "ab") as fh:
             fh.write(b"x")
-        result = _materialize(instance, env, **TINY)
+        result = materialize(
+            shards.definitions("de").assets,
+            instance=instance,
+            raise_on_error=False,
+            resources={"lake": LocalLake(root=str(lake))},
+        )
     assert not result.success
-    message = result.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
-    assert "changed since curated_splits recorded it" in message
+    assert "changed since curated_splits recorded it" in _failure(result)
 
 
 def test_hpo_search_logs_nested_trials_and_its_best_params_feed_training(env: dict[str, object]) -> None:
@@ -165,6 +187,7 @@ def test_hpo_search_logs_nested_trials_and_its_best_params_feed_training(env: di
     lake: Path = env["lake"]  # type: ignore[assignment]
     with instance_for_test() as instance:
         publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
+        publish_shards(instance, lake, "de")
         search = _materialize(instance, env, SEARCH, n_trials=2, epochs=1, max_frames_per_drive=32)
         assert search.success
         meta = search.get_asset_materialization_events()[0].materialization.metadata
@@ -192,10 +215,15 @@ def test_a_model_can_also_train_on_other_markets_and_is_gated_in_each(env: dict[
     with instance_for_test() as instance:
         de_sha = publish_splits(instance, lake, "de", "v1", splits=_splits(lake))
         us_sha = publish_splits(instance, lake, "us", "v1", splits=_splits(lake))
+        index = json.loads((lake / publish_shards(instance, lake, "de")).read_text())
+        publish_shards(instance, lake, "us")
         result = _materialize(instance, env, **TINY, also_train_on=["us"])
         assert result.success
         meta = result.get_asset_materialization_events()[0].materialization.metadata
-        assert meta["trained_on_markets"].value == ["de", "us"] and meta["train_frames"].value == 96
+        assert (
+            meta["trained_on_markets"].value == ["de", "us"]
+            and meta["train_frames"].value == 2 * index["splits"]["train"]["frames"]
+        )
         version = tracking.client().get_model_version(NAME, meta["version"].value)
         assert version.tags["markets"] == "de,us"
         assert (version.tags["manifest_sha256"], version.tags["manifest_sha256.us"]) == (de_sha, us_sha)

@@ -158,3 +158,20 @@ def lake_view(shared_lake: Path, root: Path) -> Path:
         (lake / folder).parent.mkdir(parents=True, exist_ok=True)
         (lake / folder).symlink_to(shared_lake / folder, target_is_directory=True)
     return lake
+
+
+def publish_shards(instance: DagsterInstance, lake_root: Path, market: str, **config: object) -> str:
+    """Materialize ``<market>/training_shards`` of the latest recorded splits; returns the index path."""
+    from dagster import materialize
+
+    from ad_assets import shards
+    from ad_resources.lake import LocalLake
+
+    result = materialize(
+        shards.definitions(market).assets,
+        instance=instance,
+        resources={"lake": LocalLake(root=str(lake_root))},
+        run_config={"ops": {f"{market}__training_shards": {"config": {"workers": 0, **config}}}},
+    )
+    assert result.success, f"{market}/training_shards did not materialize"
+    return str(result.get_asset_materialization_events()[0].materialization.metadata["index_path"].value)
