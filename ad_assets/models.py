@@ -12,7 +12,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -151,15 +151,7 @@ def latest_shards(context: AssetExecutionContext, market: str) -> dict[str, str]
 def manifest_files(lake: Lake, splits: dict[str, str]) -> Iterator[tuple[pa.Table, Callable[[str], Path]]]:
     """The manifest (checked against its recorded sha256) and a resolver of lake-relative paths to local files;
     remote lakes download each needed folder once (a drive's synced and decoded folders)."""
-    with contextlib.ExitStack() as stack:
-        folders: dict[str, Path] = {}
-
-        def resolve(relpath: str) -> Path:
-            parent = str(PurePosixPath(relpath).parent)
-            if parent not in folders:
-                folders[parent] = stack.enter_context(lake.local_dir(parent))
-            return folders[parent] / PurePosixPath(relpath).name
-
+    with lake.file_resolver() as resolve:
         path = resolve(splits["manifest_path"])
         if not path.is_file():
             raise Failure(f"split manifest {splits['manifest_path']} is not in the lake")
