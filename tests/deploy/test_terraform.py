@@ -5,7 +5,8 @@ instead: cross-check the HCL against the rest of deploy/ and the stage table (bu
 accounts the Helm values name are created; GPU node group taint/labels equal the GPU stages'
 tolerations/nodeSelector; RDS major = the PostgreSQL the tests run against; each IRSA policy names only its
 own buckets and no `*` resource; every bucket is encrypted), and show each check fails on a planted error.
-checkov runs in `make deploy-check`, not here (own venv, ~30 s).
+checkov (own venv `.venv-deploy`, `make checkov-venv`) scans the same HCL when that venv exists; otherwise its
+test skips with the reason.
 """
 
 from __future__ import annotations
@@ -508,6 +509,20 @@ def test_checkov_skips_carry_their_reason() -> None:
         check, _, reason = m.group(1).partition(":")
         assert re.fullmatch(r"CKV2?_AWS_\d+", check), (tf, m.group(0))
         assert len(reason.strip()) >= 20, f"{tf.relative_to(REPO_ROOT)}: {check} skipped without a reason"
+
+
+CHECKOV = REPO_ROOT / ".venv-deploy" / "bin" / "checkov"
+
+
+@pytest.mark.skipif(not CHECKOV.exists(), reason="checkov is not installed (.venv-deploy: `make checkov-venv`)")
+def test_checkov_finds_no_failed_check() -> None:
+    proc = subprocess.run(
+        [str(CHECKOV), "--quiet", "--compact", "--skip-download", "--framework", "terraform", "-d", str(TF)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary on PATH")
