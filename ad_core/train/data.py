@@ -20,9 +20,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ad_common.lake_layout import ODD_TAGS, SPLIT_MANIFEST_SCHEMA, SPLITS
+
+T = TypeVar("T")
 
 # Steering wheel angle (deg, positive = left) as synced signal columns, preferred first: the EPS CAN signal
 # (decoded with the market DBC), then the logger's own chassis channel.
@@ -205,6 +208,28 @@ def decode_frames(jpegs: Sequence[bytes], spec: ImageSpec) -> torch.Tensor:
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def buffer_shuffle(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
+    """``items`` in a seeded random order, holding at most ``size`` of them (0: in order, nothing held).
+
+    Each item is handed out as soon as it is drawn, so a caller that draws from ``rng`` per item (augmentation)
+    interleaves with the draws here in a fixed order.
+    """
+    if size <= 0:
+        yield from items
+        return
+    buffer: list[T] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            j = int(rng.integers(len(buffer)))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            yield buffer.pop()
+    while buffer:
+        j = int(rng.integers(len(buffer)))
+        buffer[j], buffer[-1] = buffer[-1], buffer[j]
+        yield buffer.pop()
+
+
 class CameraFrames(IterableDataset):
     """Yields ``(image uint8 (3,H,W), steering float32, row id int64)`` for every frame of ``drives``."""
 
@@ -273,7 +298,6 @@ class CameraFrames(IterableDataset):
         chunks = self._chunks()[wid::nw]
         rng = np.random.default_rng([self.seed, self.epoch, wid, 1])
         files: dict[int, pq.ParquetFile] = {}
-        buffer: list[tuple] = []
 
         def emit(item: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             img, y, row = item
@@ -281,20 +305,9 @@ class CameraFrames(IterableDataset):
                 img, y = img.flip(-1), -y
             return img, torch.tensor(y, dtype=torch.float32), torch.tensor(row, dtype=torch.int64)
 
-        for chunk in chunks:
-            for item in self._read(chunk, files):
-                if not self.shuffle:
-                    yield emit(item)
-                    continue
-                buffer.append(item)
-                if len(buffer) >= self.shuffle_buffer:
-                    j = int(rng.integers(len(buffer)))
-                    buffer[j], buffer[-1] = buffer[-1], buffer[j]
-                    yield emit(buffer.pop())
-        while buffer:
-            j = int(rng.integers(len(buffer)))
-            buffer[j], buffer[-1] = buffer[-1], buffer[j]
-            yield emit(buffer.pop())
+        items = (item for chunk in chunks for item in self._read(chunk, files))
+        for item in buffer_shuffle(items, self.shuffle_buffer if self.shuffle else 0, rng):
+            yield emit(item)
 
 
 def worker_init(_worker_id: int) -> None:

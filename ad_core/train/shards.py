@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ad_common.atomic import write_bytes_atomic
 from ad_common.lake_layout import ODD_TAGS
-from ad_core.train.data import CameraFrames, ImageSpec, SplitFrames, worker_init
+from ad_core.train.data import CameraFrames, ImageSpec, SplitFrames, buffer_shuffle, worker_init
 
 SHARD_FORMAT = "ad-platform/steering-shards/1"
 INDEX_FILE = "index.json"
@@ -372,7 +372,6 @@ class ShardStream(IterableDataset):
         lo, hi = self._rank_range()
         lo, hi = lo + (hi - lo) * wid // nw, lo + (hi - lo) * (wid + 1) // nw
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid, 1])
-        buffer: list[tuple[np.ndarray, dict[str, Any]]] = []
 
         def emit(item: tuple[np.ndarray, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             image, meta = item
@@ -381,20 +380,9 @@ class ShardStream(IterableDataset):
                 img, y = img.flip(-1), -y
             return img, torch.tensor(y, dtype=torch.float32), torch.tensor(meta["index"], dtype=torch.int64)
 
-        for shard, first, stop in self._segments(lo, hi):
-            for item in iter_samples(shard.uri, first, stop):
-                if not self.shuffle:
-                    yield emit(item)
-                    continue
-                buffer.append(item)
-                if len(buffer) >= self.shuffle_buffer:
-                    j = int(rng.integers(len(buffer)))
-                    buffer[j], buffer[-1] = buffer[-1], buffer[j]
-                    yield emit(buffer.pop())
-        while buffer:
-            j = int(rng.integers(len(buffer)))
-            buffer[j], buffer[-1] = buffer[-1], buffer[j]
-            yield emit(buffer.pop())
+        items = (item for shard, first, stop in self._segments(lo, hi) for item in iter_samples(shard.uri, first, stop))
+        for item in buffer_shuffle(items, self.shuffle_buffer if self.shuffle else 0, rng):
+            yield emit(item)
 
 
 def write_shards(
