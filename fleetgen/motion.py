@@ -23,9 +23,9 @@ EARTH_R = 6_378_137.0
 
 # Path layout per road type: straight length (m), curve radius (m), curve length (m), turn probability.
 _PATH = {
-    "urban": {"straight": (60, 250), "radius": (150, 400), "curve_len": (30, 80), "turn_p": 0.45},
-    "rural": {"straight": (100, 800), "radius": (150, 600), "curve_len": (50, 300), "turn_p": 0.0},
-    "highway": {"straight": (500, 2000), "radius": (800, 3000), "curve_len": (200, 1000), "turn_p": 0.0},
+    "urban": {"straight": (50, 200), "radius": (150, 400), "curve_len": (30, 80), "turn_p": 0.6},
+    "rural": {"straight": (80, 500), "radius": (150, 600), "curve_len": (50, 300), "turn_p": 0.0},
+    "highway": {"straight": (100, 600), "radius": (800, 3000), "curve_len": (300, 1200), "turn_p": 0.0},
 }
 _A_LAT_MAX = {"urban": 2.5, "rural": 2.5, "highway": 2.0}  # m/s^2 a driver accepts in curves
 _A_ACC = {"urban": 1.8, "rural": 1.5, "highway": 1.2}

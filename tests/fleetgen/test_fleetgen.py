@@ -283,3 +283,18 @@ def test_deterministic_by_seed(tmp_path: Path) -> None:
     assert _digests(a[0]) == _digests(b[0])
     assert a[0].name == b[0].name and (a[0].name != c[0].name or _digests(a[0]) != _digests(c[0]))
     assert _manifest(a[0])["generator"]["seed"] == 7
+
+
+def test_one_minute_drives_steer_on_every_road_type() -> None:
+    """A test drive without steering cannot judge a steering model: every road type's alignment curves."""
+    steering: dict[str, list[np.ndarray]] = defaultdict(list)
+    for market in ("de", "us", "cn", "jp"):
+        for i in range(12):
+            motion = motion_profile(make_spec(market, i, 1.0, 0))
+            steering[motion.spec.odd["road_type"]].append(motion.field("steering_deg", np.arange(0.0, 60.0, 0.1)))
+    assert set(steering) == {"highway", "rural", "urban"}
+    for road, drives in steering.items():
+        assert min(float(np.std(s)) for s in drives) > 0.3, road
+    # Motorway curves stay gentle (the ODD tagger's motorway curvature bound); town has junction turns.
+    assert max(float(np.abs(s).max()) for s in steering["highway"]) < 5.0
+    assert np.mean([np.abs(s).max() > 60.0 for s in steering["urban"]]) >= 0.6
