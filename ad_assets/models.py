@@ -86,6 +86,12 @@ class TrainSettings(Config):
         default=0.0, description="Gate: test MAE < (1 + this) x the approved version's on the same frames."
     )
     slice_max_mae_ratio: float = Field(default=1.0, description="Gate: every ODD slice's MAE <= this x baseline.")
+    min_baseline_mae_deg: float = Field(
+        default=0.5,
+        description="A test split whose train-mean baseline MAE is below this (deg) has too little steering for a "
+        "ratio to mean anything: its market fails the baseline check with that reason, and such a slice is "
+        "reported, not gated.",
+    )
     min_slice_frames: int = Field(default=50, description="Slices with fewer test frames are reported, not gated.")
     also_train_on: list[str] = Field(
         default=[],
@@ -190,13 +196,33 @@ def gate(
 ) -> dict[str, tuple[bool, str, dict[str, Any]]]:
     """The three automated gate checks: name -> (passed, description, metadata)."""
     markets = report["markets"]
-    worse = {m: round(s["mae_ratio"], 3) for m, s in markets.items() if not s["mae_ratio"] <= settings.max_mae_ratio}
+    flat = settings.min_baseline_mae_deg
+    # A near-zero baseline (a straight test drive) turns any ratio into noise: fail, and say why.
+    uninformative = {m: round(s["baseline_mae"], 3) for m, s in markets.items() if s["baseline_mae"] < flat}
+    worse = {
+        m: round(s["mae_ratio"], 3)
+        for m, s in markets.items()
+        if m not in uninformative and not s["mae_ratio"] <= settings.max_mae_ratio
+    }
+    problems = ([f"not in {sorted(worse)}"] if worse else []) + (
+        [
+            f"too little steering to judge in {sorted(uninformative)} (baseline MAE "
+            + ", ".join(f"{m} {v:g}" for m, v in sorted(uninformative.items()))
+            + f" deg < {flat:g}): curate a test split with curves"
+        ]
+        if uninformative
+        else []
+    )
     out = {
         CHECK_BASELINE: (
-            not worse,
+            not problems,
             f"test MAE <= {settings.max_mae_ratio:g} x train-mean baseline in every market"
-            + (f"; not in {sorted(worse)}" if worse else ""),
-            {"mae_ratio": {m: round(s["mae_ratio"], 4) for m, s in markets.items()}},
+            + "".join(f"; {p}" for p in problems),
+            {
+                "mae_ratio": {m: round(s["mae_ratio"], 4) for m, s in markets.items()},
+                "baseline_mae": {m: round(s["baseline_mae"], 4) for m, s in markets.items()},
+                "too_little_steering": uninformative,
+            },
         )
     }
     if approved is None:
@@ -215,7 +241,7 @@ def gate(
             else f"does not beat the approved version in {sorted(regressed)}",
             {"regressed": regressed, "approved_mae": approved},
         )
-    gated = [s for s in report["slices"] if s["frames"] >= settings.min_slice_frames]
+    gated = [s for s in report["slices"] if s["frames"] >= settings.min_slice_frames and s["baseline_mae"] >= flat]
     bad = [
         f"{s['market']}:{s['tag']}={s['value']} ({s['mae_ratio']:.2f})"
         for s in gated
@@ -223,8 +249,8 @@ def gate(
     ]
     out[CHECK_SLICES] = (
         not bad,
-        f"every ODD slice with >= {settings.min_slice_frames} test frames has MAE <= "
-        f"{settings.slice_max_mae_ratio:g} x baseline" + (f"; failing: {', '.join(bad)}" if bad else ""),
+        f"every ODD slice with >= {settings.min_slice_frames} test frames and a baseline MAE >= {flat:g} deg has "
+        f"MAE <= {settings.slice_max_mae_ratio:g} x baseline" + (f"; failing: {', '.join(bad)}" if bad else ""),
         {"failing_slices": bad, "slices_gated": len(gated)},
     )
     return out
@@ -551,7 +577,8 @@ def definitions(market: str) -> Definitions:
                 asset=key,
                 blocking=True,
                 description="Test MAE of steering at most max_mae_ratio (0.5) x the train-mean baseline's, "
-                "in every market.",
+                "in every market; a market whose baseline MAE is under min_baseline_mae_deg (0.5 deg: a straight "
+                "test split) fails with that reason.",
             ),
             AssetCheckSpec(
                 CHECK_REGRESSION,
@@ -564,8 +591,9 @@ def definitions(market: str) -> Definitions:
                 CHECK_SLICES,
                 asset=key,
                 blocking=True,
-                description="Every ODD slice (road type, time of day, weather) with enough test frames "
-                "beats the baseline (MAE <= slice_max_mae_ratio x baseline).",
+                description="Every ODD slice (road type, time of day, weather) with enough test frames and "
+                "steering (baseline MAE >= min_baseline_mae_deg) beats the baseline (MAE <= slice_max_mae_ratio x "
+                "baseline).",
             ),
         ],
         kinds={"pytorch", "mlflow"},

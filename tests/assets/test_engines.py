@@ -32,6 +32,7 @@ TINY = {
     "use_search_params": False,
     "max_mae_ratio": 100.0,
     "slice_max_mae_ratio": 100.0,
+    "min_baseline_mae_deg": 0.0,
 }
 ONNX_CONFIG = {"parity_batch_size": 5, "max_frames_per_drive": 48, "latency_runs": 100}
 LINKED = (

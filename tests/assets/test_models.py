@@ -31,6 +31,7 @@ TINY = {
     "use_search_params": False,
     "max_mae_ratio": 100.0,
     "slice_max_mae_ratio": 100.0,
+    "min_baseline_mae_deg": 0.0,
 }
 
 
@@ -238,3 +239,46 @@ def test_hash_assignment_gives_small_markets_a_test_drive() -> None:
     five = assign_splits([f"d{i}" for i in range(5)])
     assert sorted(five.values()) == ["test", "train", "train", "train", "val"]
     assert assign_splits([f"d{i}" for i in range(5)]) == five
+
+
+def test_gate_fails_a_market_whose_test_split_is_too_straight_to_judge() -> None:
+    """A ratio against a near-zero baseline is noise: the market fails with the reason, flat slices are not gated."""
+    report = {
+        "markets": {
+            "de": {"mae": 0.17, "baseline_mae": 0.23, "mae_ratio": 0.74},
+            "us": {"mae": 0.45, "baseline_mae": 1.10, "mae_ratio": 0.41},
+        },
+        "slices": [
+            {
+                "market": "de",
+                "tag": "road_type",
+                "value": "motorway",
+                "frames": 600,
+                "mae": 0.17,
+                "baseline_mae": 0.23,
+                "mae_ratio": 0.74,
+            },
+            {
+                "market": "us",
+                "tag": "weather",
+                "value": "fog_snow",
+                "frames": 600,
+                "mae": 1.2,
+                "baseline_mae": 1.1,
+                "mae_ratio": 1.09,
+            },
+        ],
+    }
+    checks = models.gate(report, None, models.TrainSettings())
+    passed, description, metadata = checks[models.CHECK_BASELINE]
+    assert not passed
+    assert "too little steering to judge in ['de'] (baseline MAE de 0.23 deg < 0.5)" in description
+    assert "not in" not in description  # US passes its ratio; DE is not judged on one
+    assert metadata["too_little_steering"] == {"de": 0.23}
+    passed, description, metadata = checks[models.CHECK_SLICES]
+    assert not passed and metadata["slices_gated"] == 1
+    assert metadata["failing_slices"] == ["us:weather=fog_snow (1.09)"]
+    # The same DE numbers with enough steering in the test split: judged on the ratio, and failing it.
+    report["markets"]["de"]["baseline_mae"] = 0.6
+    passed, description, _ = models.gate(report, None, models.TrainSettings())[models.CHECK_BASELINE]
+    assert not passed and description.endswith("; not in ['de']")
