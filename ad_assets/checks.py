@@ -132,7 +132,7 @@ def record_drive_checks(
                     "severity": result.severity.value,
                     "blocking": bool(spec and spec.blocking),
                     "description": result.description,
-                    "run_id": context.run_id,
+                    "run_id": context.run.run_id,
                     "evaluated_at_ns": now,
                 }
             )

@@ -325,15 +325,15 @@ def train_market(
         "shards_index": shards["index_path"],
         **{f"manifest_sha256.{m}": s["manifest_sha256"] for m, s in all_shards.items() if m != market},
         "markets": ",".join(markets),
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
         "dagster_asset_key": context.asset_key.to_user_string(),
         "dagster_partition": context.partition_key if context.has_partition_key else "",
         "target_column": target_column,
         "image_spec": params.image.to_json(),
     }
     targets = train_set.targets()
-    run_dir = train_run_dir(market, context.run_id)
-    with tracking.run(f"{market}-trained_model-{context.run_id[:8]}", tags=tags) as run:
+    run_dir = train_run_dir(market, context.run.run_id)
+    with tracking.run(f"{market}-trained_model-{context.run.run_id[:8]}", tags=tags) as run:
         mlflow.log_params(
             {
                 **params.to_dict(),
@@ -484,11 +484,11 @@ def search_market(
             **version_tags(),
             "manifest_sha256": splits["manifest_sha256"],
             "markets": market,
-            "dagster_run_id": context.run_id,
+            "dagster_run_id": context.run.run_id,
             "validation": validation,
         }
         trials: list[dict[str, Any]] = []
-        with tracking.run(f"{market}-model_search-{context.run_id[:8]}", tags=tags) as parent:
+        with tracking.run(f"{market}-model_search-{context.run.run_id[:8]}", tags=tags) as parent:
             mlflow.log_params(
                 {
                     "n_trials": settings.n_trials,

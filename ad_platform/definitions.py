@@ -12,7 +12,15 @@ import os
 import warnings
 from datetime import timedelta
 
-from dagster import AssetSelection, BetaWarning, Definitions, EnvVar, ScheduleDefinition, define_asset_job
+from dagster import (
+    AssetSelection,
+    BetaWarning,
+    Definitions,
+    EnvVar,
+    ScheduleDefinition,
+    define_asset_job,
+    multiprocess_executor,
+)
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ad_assets import curated, decoded, drift, engines, metadata_catalog, models, raw, recording, review, shards, synced
@@ -104,6 +112,12 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
             for job in jobs[spec.name]
         ],
         loggers=platform_loggers(),  # console + structured JSON lines (docs/observability.md)
+        # Launched runs (UI, sensors, backfills) run each step in its own process. The default start method,
+        # spawn, imports the whole graph (torch, MLflow, dbt) again in every step; a forkserver that has
+        # imported it once forks ready step processes.
+        executor=multiprocess_executor.configured(
+            {"start_method": {"forkserver": {"preload_modules": [__name__]}}}, name="multiprocess_forkserver"
+        ),
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={
             **resources_from_env(),

@@ -246,7 +246,7 @@ class LocalLabelStudio:
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         command = [
             str(self.binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(self.home / "data"), "--username", LOCAL_USER, "--password", password,
+            "--data-dir", str(self.home / "data"), "--username", LOCAL_USER, f"--password={password}",
             "--user-token", token, "--enable-legacy-api-token",
         ]  # fmt: skip
         env = {**os.environ, **_OFFLINE_ENV, "LABEL_STUDIO_BASE_DATA_DIR": str(self.home / "data")}

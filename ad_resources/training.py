@@ -189,7 +189,7 @@ class K8sTrainingLauncher(TrainingLauncher):
 
         kubernetes.config.load_incluster_config()
         core, batch = kubernetes.client.CoreV1Api(), kubernetes.client.BatchV1Api()
-        name = f"train-{context.run_id[:8]}-{context.asset_key.path[0]}"
+        name = f"train-{context.run.run_id[:8]}-{context.asset_key.path[0]}"
         reader = PipesK8sPodLogsMessageReader()
         with open_pipes_session(context, context_injector=PipesEnvContextInjector(), message_reader=reader) as session:
             env = {**self.env, **session.get_bootstrap_env_vars()}
