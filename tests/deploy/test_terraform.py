@@ -350,9 +350,10 @@ def train_image_problems(values: dict[str, Any]) -> list[str]:
     return problems
 
 
-def deployed_tracking_uri(env: str, addons: dict[str, list[Any]] | None = None, password: str = "pw") -> str:
-    """AD_MLFLOW_TRACKING_URI as the ad-platform-mlflow secret Terraform writes holds it (host: the simulated
-    RDS endpoint, password: a stand-in), followed from modules/platform into modules/k8s-addons."""
+def deployed_tracking_uri(env: str, addons: dict[str, list[Any]] | None = None, **server: Any) -> str:
+    """AD_MLFLOW_TRACKING_URI as the ad-platform-mlflow secret Terraform writes holds it, followed from
+    modules/platform into modules/k8s-addons. ``server`` (db_host, db_port, db_password) replaces the stand-ins:
+    the simulated RDS endpoint, 5432, "pw"."""
     addons = addons or _module("modules/k8s-addons")
     call = _module_calls("modules/platform")["k8s_addons"]
     metadata = _var_defaults(_module("modules/metadata"))
@@ -366,10 +367,11 @@ def deployed_tracking_uri(env: str, addons: dict[str, list[Any]] | None = None, 
     ]
     variables = {
         "db_username": metadata["username"],
-        "db_password": password,
+        "db_password": "pw",
         "db_host": simulated_outputs(env)["postgresql_host"]["value"],
         "db_port": 5432,
         "mlflow_database": metadata["databases"][1],
+        **server,
     }
     return _interpolate(secret["data"]["AD_MLFLOW_TRACKING_URI"], variables)
 
@@ -683,7 +685,7 @@ def test_tracking_resource_of_the_mlflow_pods_is_postgres_and_s3(
     """The definitions' resource (tracking_from_env, in_definitions) built from a train pod's environment: the
     user deployment's env from the Helm values plus the MLflow secret as Terraform writes it."""
     pod_env = {**_helm_values(env)["dagster-user-deployments"]["deployments"][0]["env"]}
-    pod_env["AD_MLFLOW_TRACKING_URI"] = deployed_tracking_uri(env, password="s3cr/t")
+    pod_env["AD_MLFLOW_TRACKING_URI"] = deployed_tracking_uri(env, db_password="s3cr/t")
     for key, value in pod_env.items():
         monkeypatch.setenv(key, str(value))
     monkeypatch.delenv("AD_MLFLOW_REGISTRY_URI", raising=False)
