@@ -82,6 +82,8 @@ _K8S_DEADLINE_GRACE_S = 15 * 60
 
 Pool = Literal["cpu", "gpu"]
 QAIHUB_SECRET = "ad-platform-qaihub"
+# AD_MLFLOW_TRACKING_URI (PostgreSQL, with the password) for the stages that use MLflow: train, compile.
+MLFLOW_SECRET = "ad-platform-mlflow"
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ _SPECS: tuple[StageSpec, ...] = (
         gpus=1,
         shm_size="8Gi",
         service_account="ad-platform-train",
+        env_secrets=(MLFLOW_SECRET,),  # runs and registers models; the trainer rank pods get it too
     ),
     # ONNX export + TensorRT engine build: must run on the GPU model the engine targets.
     StageSpec(
@@ -193,7 +196,8 @@ _SPECS: tuple[StageSpec, ...] = (
         gpus=1,
         shm_size="2Gi",
         service_account="ad-platform-compile",
-        env_secrets=(QAIHUB_SECRET,),  # QAIHUB_API_TOKEN for the Qualcomm AI Hub engines
+        # MLflow: loads the approved version, tags it with the engines; QAIHUB_API_TOKEN for Qualcomm AI Hub.
+        env_secrets=(MLFLOW_SECRET, QAIHUB_SECRET),
     ),
     # dbt on DuckDB: one writer, light.
     StageSpec(

@@ -230,8 +230,9 @@ class K8sTrainingLauncher(TrainingLauncher):
         raise Failure(f"rank {index} of {name} did not start within {self.start_timeout_s:.0f} s (GPU pool full?)")
 
 
-# What trainer pods need to reach the lake and MLflow (passed through from the code server's environment).
-POD_ENV = ("AD_LAKE_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AD_MLFLOW_TRACKING_URI")
+# What trainer pods need to reach the lake (passed through from the step's environment as plain values). The MLflow
+# URI holds the database password: the pods get it from the train stage's secret (envFrom), never in the Job spec.
+POD_ENV = ("AD_LAKE_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def training_from_env() -> TrainingLauncher:

@@ -30,9 +30,12 @@ REQUIRED_OUTPUTS = (
     "landing_prefix",
     "lake_bucket",
     "lake_prefix",
+    "mlflow_artifact_bucket",
+    "mlflow_artifact_prefix",
     "compute_log_bucket",
     "compute_log_prefix",
     "image_repository",
+    "namespace",
     "service_accounts",
     "irsa_role_arns",
 )
@@ -58,6 +61,7 @@ def values_override(outputs: dict[str, Any], image_tag: str, base: dict[str, Any
     out = _plain(outputs)
     region = out["aws_region"]
     accounts, roles = out["service_accounts"], out["irsa_role_arns"]
+    image = {"repository": out["image_repository"], "tag": image_tag}
     return {
         "postgresql": {
             "postgresqlHost": out["postgresql_host"],
@@ -81,10 +85,14 @@ def values_override(outputs: dict[str, Any], image_tag: str, base: dict[str, Any
                 merge(
                     base_deployment,
                     {
-                        "image": {"repository": out["image_repository"], "tag": image_tag},
+                        "image": image,
                         "env": {
                             "AD_LANDING_URL": f"s3://{out['landing_bucket']}/{out['landing_prefix']}",
                             "AD_LAKE_URL": f"s3://{out['lake_bucket']}/{out['lake_prefix']}",
+                            "AD_MLFLOW_ARTIFACTS": f"s3://{out['mlflow_artifact_bucket']}/{out['mlflow_artifact_prefix']}",
+                            # The rank pods of a training run the code location's own image, in the release namespace.
+                            "AD_TRAIN_IMAGE": f"{image['repository']}:{image['tag']}",
+                            "AD_TRAIN_NAMESPACE": out["namespace"],
                             "AWS_REGION": region,
                             "AWS_DEFAULT_REGION": region,
                         },

@@ -36,7 +36,9 @@ from ad_common.stages import (
     GPU_RESOURCE,
     K8S_CONFIG_TAG,
     MAX_RUNTIME_TAG,
+    MLFLOW_SECRET,
     POOL_LABEL,
+    QAIHUB_SECRET,
     STAGE_SPECS,
     STAGE_TAG,
     STAGES,
@@ -189,9 +191,10 @@ def test_step_job_is_valid_k8s_and_carries_stage_pod(stage: str) -> None:
 
     # Secrets from values.yaml reach the pod: AWS via envFrom, Postgres password via secretKeyRef.
     assert {"secretRef": {"name": "ad-platform-aws"}} in container["envFrom"]
-    # The stage's own secrets (the compile pods' AI Hub token) are added to, not replacing, the values' ones.
+    # The stage's own secrets (MLflow URI, AI Hub token) are added to, not replacing, the values' ones.
     assert all({"secretRef": {"name": name}} in container["envFrom"] for name in spec.env_secrets)
-    assert (stage == "compile") == bool(spec.env_secrets)
+    stage_secrets = {"train": {MLFLOW_SECRET}, "compile": {MLFLOW_SECRET, QAIHUB_SECRET}}
+    assert set(spec.env_secrets) == stage_secrets.get(stage, set())
     (pg_password,) = [e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD"]
     assert pg_password["valueFrom"]["secretKeyRef"]["name"] == values["global"]["postgresqlSecretName"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import json
 import re
 import shutil
@@ -24,13 +25,15 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qs, quote, urlparse
 
 import hcl2
 import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from ad_common.stages import GPU_RESOURCE, POOL_LABEL, QAIHUB_SECRET, STAGE_SPECS, k8s_config
+from ad_common.stages import GPU_RESOURCE, MLFLOW_SECRET, POOL_LABEL, QAIHUB_SECRET, STAGE_SPECS, k8s_config
+from ad_resources.tracking import MlflowTracking, tracking_from_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TF = REPO_ROOT / "deploy" / "terraform"
@@ -84,12 +87,14 @@ def _var_defaults(mod: dict[str, list[Any]]) -> dict[str, Any]:
 
 
 def _interpolate(template: str, variables: dict[str, Any]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        assert name in variables, f"unresolved var.{name} in {template!r}"
-        return str(variables[name])
+    """``${var.x}`` and ``${urlencode(var.x)}`` resolved from ``variables``."""
 
-    out = re.sub(r"\$\{var\.(\w+)\}", sub, template)
+    def sub(m: re.Match[str]) -> str:
+        func, name = m.group(1), m.group(2)
+        assert name in variables, f"unresolved var.{name} in {template!r}"
+        return quote(str(variables[name]), safe="") if func else str(variables[name])
+
+    out = re.sub(r"\$\{(?:(urlencode)\()?var\.(\w+)\)?\}", sub, template)
     assert "${" not in out, f"cannot resolve {template!r} statically"
     return out
 
@@ -134,6 +139,8 @@ def simulated_outputs(env: str) -> dict[str, Any]:
         "lake_bucket": buckets["lake"],
         "lake_prefix": storage_vars["lake_prefix"],
         "mlflow_artifact_bucket": buckets["mlflow_artifacts"],
+        "mlflow_artifact_prefix": storage_vars["mlflow_prefix"],
+        "namespace": _var_defaults(_module("modules/platform"))["namespace"],
         "compute_log_bucket": buckets["compute_logs"],
         "compute_log_prefix": storage_vars["compute_log_prefix"],
         "image_repository": f"123456789012.dkr.ecr.{_tfvars(env)['region']}.amazonaws.com/{name}/user-code",
@@ -310,6 +317,131 @@ def policy_problems(identity: dict[str, list[Any]]) -> list[str]:
     return problems
 
 
+def uncreated_secrets(values: dict[str, Any], addons: dict[str, list[Any]]) -> list[str]:
+    """Secrets the pods read (Helm values: the Postgres secret, every envSecrets; the stage table's env_secrets)
+    that modules/k8s-addons does not create."""
+    defaults = _var_defaults(addons)
+    created = {
+        defaults[body["metadata"][0]["name"].removeprefix("${var.").removesuffix("}")]
+        for body in _blocks(addons, "resource", "kubernetes_secret_v1").values()
+    }
+    referenced = {values["global"]["postgresqlSecretName"]}
+    for section in (
+        values["dagsterWebserver"],
+        values["dagsterDaemon"],
+        values["runLauncher"]["config"]["k8sRunLauncher"],
+        values["dagster-user-deployments"]["deployments"][0],
+    ):
+        referenced |= {s["name"] for s in section.get("envSecrets", [])}
+    referenced |= {name for spec in STAGE_SPECS.values() for name in spec.env_secrets}
+    return sorted(referenced - created)
+
+
+def train_image_problems(values: dict[str, Any]) -> list[str]:
+    """The trainer rank pods must run the code location's own image (AD_TRAIN_IMAGE = image repository:tag)."""
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    env = deployment["env"]
+    problems = (
+        [] if env.get("AD_TRAIN_IMAGE") == image else [f"AD_TRAIN_IMAGE {env.get('AD_TRAIN_IMAGE')!r} != {image!r}"]
+    )
+    if env.get("AD_TRAIN_LAUNCHER") != "kubernetes":
+        problems.append(f"AD_TRAIN_LAUNCHER {env.get('AD_TRAIN_LAUNCHER')!r} != 'kubernetes'")
+    return problems
+
+
+def deployed_tracking_uri(env: str, addons: dict[str, list[Any]] | None = None, **server: Any) -> str:
+    """AD_MLFLOW_TRACKING_URI as the ad-platform-mlflow secret Terraform writes holds it, followed from
+    modules/platform into modules/k8s-addons. ``server`` (db_host, db_port, db_password) replaces the stand-ins:
+    the simulated RDS endpoint, 5432, "pw"."""
+    addons = addons or _module("modules/k8s-addons")
+    call = _module_calls("modules/platform")["k8s_addons"]
+    metadata = _var_defaults(_module("modules/metadata"))
+    assert call["db_host"] == "${module.metadata.address}" and call["db_port"] == "${module.metadata.port}"
+    assert call["db_username"] == "${module.metadata.username}" and call["db_password"] == "${module.metadata.password}"
+    assert call["mlflow_database"] == "${module.metadata.databases[1]}"
+    (secret,) = [
+        body
+        for body in _blocks(addons, "resource", "kubernetes_secret_v1").values()
+        if body["metadata"][0]["name"] == "${var.mlflow_secret_name}"
+    ]
+    variables = {
+        "db_username": metadata["username"],
+        "db_password": "pw",
+        "db_host": simulated_outputs(env)["postgresql_host"]["value"],
+        "db_port": 5432,
+        "mlflow_database": metadata["databases"][1],
+        **server,
+    }
+    return _interpolate(secret["data"]["AD_MLFLOW_TRACKING_URI"], variables)
+
+
+def tracking_store_problems(tracking: MlflowTracking, env: str) -> list[str]:
+    """The MLflow resource of a train/compile pod must use the RDS `mlflow` database through psycopg2 with TLS and
+    the artifacts bucket Terraform creates."""
+    uri = urlparse(tracking.tracking_uri)
+    problems = []
+    if uri.scheme != "postgresql+psycopg2":  # a bare postgresql:// needs psycopg 3 (SQLAlchemy >= 2.1)
+        problems.append(f"tracking scheme {uri.scheme!r} is not postgresql+psycopg2")
+    if uri.hostname != simulated_outputs(env)["postgresql_host"]["value"]:
+        problems.append(f"tracking host {uri.hostname!r} is not the RDS endpoint")
+    if uri.path != f"/{_var_defaults(_module('modules/metadata'))['databases'][1]}":
+        problems.append(f"tracking database {uri.path!r} is not the MLflow database")
+    if parse_qs(uri.query).get("sslmode") != ["require"]:
+        problems.append("tracking URI does not require TLS (RDS forces it)")
+    if tracking.registry_uri not in (None, tracking.tracking_uri):
+        problems.append(f"registry {tracking.registry_uri!r} is not the tracking store")
+    wanted = (
+        f"s3://{created_buckets(env)['mlflow_artifacts']}/{_var_defaults(_module('modules/storage'))['mlflow_prefix']}"
+    )
+    if tracking.artifact_location != wanted:
+        problems.append(f"artifacts {tracking.artifact_location!r} != {wanted!r}")
+    return problems
+
+
+def _api_permission(method: str) -> tuple[str, str, str]:
+    """A kubernetes-client call -> (API group, resource, verb) of the RBAC rule it needs."""
+    verbs = {"create": "create", "delete": "delete", "read": "get", "list": "list", "patch": "patch"}
+    verb, _, rest = method.partition("_namespaced_")
+    kind, _, sub = rest.partition("_")
+    group = "batch" if kind == "job" else ""
+    return group, f"{kind}s" + (f"/{sub}" if sub else ""), verbs[verb]
+
+
+def launcher_permissions() -> set[tuple[str, str, str]]:
+    """Every namespaced API call of the multi-pod training launcher and the Pipes log reader it uses."""
+    from dagster_k8s.pipes import PipesK8sPodLogsMessageReader
+
+    from ad_resources.training import K8sTrainingLauncher
+
+    source = inspect.getsource(K8sTrainingLauncher) + inspect.getsource(PipesK8sPodLogsMessageReader.consume_pod_logs)
+    calls = set(re.findall(r"\.((?:create|delete|read|list|patch)_namespaced_\w+)\(", source))
+    return {_api_permission(c) for c in calls}
+
+
+def role_permissions(addons: dict[str, list[Any]]) -> set[tuple[str, str, str]]:
+    role = _blocks(addons, "resource", "kubernetes_role_v1")["train_launcher"]
+    return {
+        (group, resource, verb)
+        for rule in role["rule"]
+        for group in rule["api_groups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def rbac_problems(addons: dict[str, list[Any]]) -> list[str]:
+    """The train stage's Role grants exactly what the launcher calls, and is bound to the train service account."""
+    needed, granted = launcher_permissions(), role_permissions(addons)
+    problems = [f"train launcher may not {v} {g or 'core'}/{r}" for g, r, v in sorted(needed - granted)]
+    problems += [f"train launcher needs no {v} on {g or 'core'}/{r}" for g, r, v in sorted(granted - needed)]
+    binding = _blocks(addons, "resource", "kubernetes_role_binding_v1")["train_launcher"]
+    subject = binding["subject"][0]
+    if subject["name"] != '${kubernetes_service_account_v1.gpu_stage["train"].metadata[0].name}':
+        problems.append(f"train launcher Role bound to {subject['name']!r}, not the train service account")
+    return problems
+
+
 # --- tests: the real files pass ------------------------------------------------------------------------------
 
 
@@ -317,11 +449,23 @@ def policy_problems(identity: dict[str, list[Any]]) -> list[str]:
 def test_every_bucket_the_helm_values_name_is_created(env: str) -> None:
     values = _helm_values(env)
     name = _env_name(env)
-    assert buckets_named_by_values(values) == {f"{name}-landing", f"{name}-lake", f"{name}-dagster-logs"}
+    assert buckets_named_by_values(values) == {
+        f"{name}-landing",
+        f"{name}-lake",
+        f"{name}-mlflow-artifacts",
+        f"{name}-dagster-logs",
+    }
     assert missing_buckets(values, env) == []
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["env"]["AD_LANDING_URL"] == f"s3://{name}-landing/landing"
     assert deployment["env"]["AD_LAKE_URL"] == f"s3://{name}-lake/lake"
+    assert deployment["env"]["AD_MLFLOW_ARTIFACTS"] == f"s3://{name}-mlflow-artifacts/mlflow"
+    # The release image runs the trainer rank pods, in the namespace the IRSA roles trust.
+    assert train_image_problems(values) == []
+    assert deployment["env"]["AD_TRAIN_IMAGE"].endswith(f"/{name}/user-code:0.1.0")
+    assert deployment["env"]["AD_TRAIN_NAMESPACE"] == "dagster"
+    # No password in any values file: the tracking URI comes from the stage secret only.
+    assert "AD_MLFLOW_TRACKING_URI" not in json.dumps(values)
     # The override replaced the whole list entry: nothing of the base deployment may be lost.
     base = _values()["dagster-user-deployments"]["deployments"][0]
     assert set(base) <= set(deployment)
@@ -332,6 +476,7 @@ def test_every_bucket_the_helm_values_name_is_created(env: str) -> None:
 def test_values_yaml_defaults_are_the_prod_environment() -> None:
     """values.yaml alone (without an override) names prod's buckets: no placeholder left to fill in by hand."""
     assert missing_buckets(_values(), "prod") == []
+    assert train_image_problems(_values()) == []
     assert "REPLACE" not in VALUES_YAML.read_text()
 
 
@@ -353,17 +498,16 @@ def test_secrets_and_service_accounts_the_values_name_are_created() -> None:
     created = {
         defaults[body["metadata"][0]["name"].removeprefix("${var.").removesuffix("}")] for body in secrets.values()
     }
-    referenced = {values["global"]["postgresqlSecretName"]}
-    for section in (
-        values["dagsterWebserver"],
-        values["dagsterDaemon"],
-        values["runLauncher"]["config"]["k8sRunLauncher"],
-        values["dagster-user-deployments"]["deployments"][0],
-    ):
-        referenced |= {s["name"] for s in section.get("envSecrets", [])}
-    referenced |= {name for spec in STAGE_SPECS.values() for name in spec.env_secrets}
-    assert referenced == created == {"dagster-postgresql-secret", "ad-platform-aws", QAIHUB_SECRET}
+    assert uncreated_secrets(values, addons) == []
+    assert created == {"dagster-postgresql-secret", "ad-platform-aws", QAIHUB_SECRET, MLFLOW_SECRET}
     assert "postgresql-password" in secrets["postgres"]["data"]
+    # The pods read AD_MLFLOW_TRACKING_URI from the MLflow secret (envFrom of the train and compile stages).
+    assert set(secrets["mlflow"]["data"]) == {"AD_MLFLOW_TRACKING_URI"}
+    assert {s for s, spec in STAGE_SPECS.items() if MLFLOW_SECRET in spec.env_secrets} == {"train", "compile"}
+    # ... written only once the database it names exists (the in-cluster createdb Job).
+    assert secrets["mlflow"]["depends_on"] == ["${kubernetes_job_v1.mlflow_db}"]
+    createdb = _blocks(addons, "resource", "kubernetes_job_v1")["mlflow_db"]
+    assert "CREATE DATABASE ${var.mlflow_database}" in json.dumps(createdb)
 
     accounts = _identity_service_accounts()
     assert values["serviceAccount"]["name"] == accounts["dagster"] == "ad-platform-dagster"
@@ -432,6 +576,9 @@ def test_outputs_script_cli(tmp_path: Path) -> None:
         "tag": "1.2.3",
         "pullPolicy": "IfNotPresent",
     }
+    env = override["dagster-user-deployments"]["deployments"][0]["env"]
+    assert env["AD_TRAIN_IMAGE"] == "123456789012.dkr.ecr.eu-central-1.amazonaws.com/ad-fleet-dev/user-code:1.2.3"
+    assert env["AD_MLFLOW_ARTIFACTS"] == "s3://ad-fleet-dev-mlflow-artifacts/mlflow"
 
 
 def test_gpu_node_group_matches_the_gpu_stages() -> None:
@@ -531,6 +678,45 @@ def test_terraform_fmt_check() -> None:
     assert proc.returncode == 0, proc.stdout
 
 
+@pytest.mark.parametrize("env", ENVS)
+def test_tracking_resource_of_the_mlflow_pods_is_postgres_and_s3(
+    env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The definitions' resource (tracking_from_env, in_definitions) built from a train pod's environment: the
+    user deployment's env from the Helm values plus the MLflow secret as Terraform writes it."""
+    pod_env = {**_helm_values(env)["dagster-user-deployments"]["deployments"][0]["env"]}
+    pod_env["AD_MLFLOW_TRACKING_URI"] = deployed_tracking_uri(env, db_password="s3cr/t")
+    for key, value in pod_env.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.delenv("AD_MLFLOW_REGISTRY_URI", raising=False)
+    declared = tracking_from_env(tmp_path, in_definitions=True)
+    assert declared.tracking_uri == "AD_MLFLOW_TRACKING_URI"  # an EnvVar: the password never shows in the UI
+    tracking = declared.process_config_and_initialize()
+    assert tracking_store_problems(tracking, env) == []
+    assert not (tmp_path / "mlflow").exists()  # not the embedded SQLite default
+    assert urlparse(tracking.tracking_uri).password == "s3cr%2Ft"  # urlencode()d in the secret
+    # MLflow itself takes both: the SQLAlchemy store for the URI, the S3 repository for the artifacts.
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+    from mlflow.utils.uri import extract_db_type_from_uri
+
+    assert extract_db_type_from_uri(tracking.tracking_uri) == "postgresql"
+    assert isinstance(get_artifact_repository(tracking.artifact_location), S3ArtifactRepository)
+
+
+def test_train_launcher_role_grants_exactly_the_launchers_api_calls() -> None:
+    assert launcher_permissions() == {
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs/status", "get"),
+        ("", "services", "create"),
+        ("", "services", "delete"),
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+    }
+    assert rbac_problems(_module("modules/k8s-addons")) == []
+
+
 # --- tests: each check fails on a planted error --------------------------------------------------------------
 
 
@@ -600,6 +786,69 @@ def test_planted_role_with_a_star_resource() -> None:
         "resources = [var.kms_key_arn]", 'resources = ["arn:aws:s3:::*"]', 1
     )
     assert policy_problems(_clean(hcl2.loads(arn_star))) == ["user_code: `*` resource 'arn:aws:s3:::*'"]
+
+
+def test_planted_mlflow_artifacts_in_a_bucket_terraform_does_not_create() -> None:
+    values = _values()
+    values["dagster-user-deployments"]["deployments"][0]["env"]["AD_MLFLOW_ARTIFACTS"] = "s3://ad-fleet-models/mlflow"
+    assert missing_buckets(values, "prod") == ["ad-fleet-models"]
+
+
+def test_planted_secret_the_pods_read_but_terraform_does_not_create() -> None:
+    text = _raw("modules/k8s-addons/main.tf").replace(
+        'resource "kubernetes_secret_v1" "mlflow"', 'resource "kubernetes_config_map_v1" "mlflow"'
+    )
+    addons = _clean(hcl2.loads(text))
+    addons["variable"] = _module("modules/k8s-addons")["variable"]
+    assert uncreated_secrets(_helm_values("prod"), addons) == [MLFLOW_SECRET]
+    values = _helm_values("prod")
+    values["dagster-user-deployments"]["deployments"][0]["envSecrets"].append({"name": "ad-platform-mlflow-creds"})
+    assert uncreated_secrets(values, _module("modules/k8s-addons")) == ["ad-platform-mlflow-creds"]
+
+
+def test_planted_train_image_that_is_not_the_release_image() -> None:
+    values = _values()
+    values["dagster-user-deployments"]["deployments"][0]["image"]["tag"] = "0.2.0"  # tag bumped, AD_TRAIN_IMAGE not
+    assert train_image_problems(values) == [
+        "AD_TRAIN_IMAGE 'registry.example.com/ad-platform/user-code:0.1.0' != "
+        "'registry.example.com/ad-platform/user-code:0.2.0'"
+    ]
+    del values["dagster-user-deployments"]["deployments"][0]["env"]["AD_TRAIN_LAUNCHER"]
+    assert train_image_problems(values)[-1] == "AD_TRAIN_LAUNCHER None != 'kubernetes'"
+
+
+def test_planted_tracking_uri_without_psycopg2_tls_and_mlflow_database() -> None:
+    text = _raw("modules/k8s-addons/main.tf").replace(
+        '"postgresql+psycopg2://${var.db_username}:${urlencode(var.db_password)}@${var.db_host}:${var.db_port}'
+        '/${var.mlflow_database}?sslmode=require"',
+        '"postgresql://${var.db_username}:${var.db_password}@${var.db_host}:${var.db_port}/dagster"',
+    )
+    assert text != _raw("modules/k8s-addons/main.tf")
+    tracking = MlflowTracking(
+        tracking_uri=deployed_tracking_uri("prod", _clean(hcl2.loads(text))),
+        artifact_location="s3://ad-fleet-lake/mlflow",
+    )
+    assert tracking_store_problems(tracking, "prod") == [
+        "tracking scheme 'postgresql' is not postgresql+psycopg2",
+        "tracking database '/dagster' is not the MLflow database",
+        "tracking URI does not require TLS (RDS forces it)",
+        "artifacts 's3://ad-fleet-lake/mlflow' != 's3://ad-fleet-mlflow-artifacts/mlflow'",
+    ]
+
+
+def test_planted_train_launcher_role_without_pod_logs_and_with_secrets() -> None:
+    text = _raw("modules/k8s-addons/main.tf")
+    no_logs = text.replace('resources  = ["pods/log"]', 'resources  = ["pods/status"]')
+    assert no_logs != text
+    assert rbac_problems(_clean(hcl2.loads(no_logs))) == [
+        "train launcher may not get core/pods/log",
+        "train launcher needs no get on core/pods/status",
+    ]
+    wrong_subject = text.replace('gpu_stage["train"].metadata', 'gpu_stage["compile"].metadata')
+    assert rbac_problems(_clean(hcl2.loads(wrong_subject))) == [
+        "train launcher Role bound to '${kubernetes_service_account_v1.gpu_stage[\"compile\"].metadata[0].name}', "
+        "not the train service account"
+    ]
 
 
 # --- one locked environment ----------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ the Kubernetes 1.31 schema like the stage Jobs (tests/deploy/test_k8s.py), and t
 from __future__ import annotations
 
 import kubernetes_validate
+import pytest
 
-from ad_common.stages import GPU_RESOURCE, POOL_LABEL, stage_spec
-from ad_resources.training import first_failed_rank, training_job_manifests
+from ad_common.stages import GPU_RESOURCE, MLFLOW_SECRET, POOL_LABEL, stage_spec
+from ad_resources.training import K8sTrainingLauncher, first_failed_rank, training_from_env, training_job_manifests
 
 
 def test_training_pods_validate_and_carry_the_gpu_pool() -> None:
@@ -32,6 +33,24 @@ def test_training_pods_validate_and_carry_the_gpu_pool() -> None:
         and service["spec"]["clusterIP"] == "None"
     )
     assert "train-0123abcd-de-0.train-0123abcd-de" in container["command"]  # rank 0's stable DNS name
+    # The MLflow URI (with the database password) reaches the ranks from the train stage's secret, not the Job spec.
+    assert container["envFrom"] == [{"secretRef": {"name": MLFLOW_SECRET}}]
+
+
+def test_the_mlflow_uri_is_not_copied_into_the_rank_pods_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "AD_TRAIN_LAUNCHER": "kubernetes",
+        "AD_TRAIN_IMAGE": "ecr/ad-fleet/user-code:0.1.0",
+        "AD_TRAIN_NAMESPACE": "ml",
+        "AD_LAKE_URL": "s3://ad-fleet-lake/lake",
+        "AD_MLFLOW_TRACKING_URI": "postgresql+psycopg2://dagster:pw@rds:5432/mlflow",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    launcher = training_from_env()
+    assert isinstance(launcher, K8sTrainingLauncher)
+    assert (launcher.image, launcher.namespace) == ("ecr/ad-fleet/user-code:0.1.0", "ml")
+    assert launcher.env["AD_LAKE_URL"] == "s3://ad-fleet-lake/lake" and "AD_MLFLOW_TRACKING_URI" not in launcher.env
 
 
 def test_the_first_failed_pod_is_named_not_the_ones_the_job_stopped() -> None:

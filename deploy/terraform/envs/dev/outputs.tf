@@ -55,8 +55,13 @@ output "lake_prefix" {
 }
 
 output "mlflow_artifact_bucket" {
-  description = "MLflow artifact store bucket."
+  description = "AD_MLFLOW_ARTIFACTS bucket (MLflow artifact store)."
   value       = module.platform.mlflow_artifact_bucket
+}
+
+output "mlflow_artifact_prefix" {
+  description = "AD_MLFLOW_ARTIFACTS key prefix."
+  value       = module.platform.mlflow_artifact_prefix
 }
 
 output "compute_log_bucket" {
@@ -84,8 +89,13 @@ output "irsa_role_arns" {
   value       = module.platform.irsa_role_arns
 }
 
+output "namespace" {
+  description = "Namespace of the release (helm --namespace, AD_TRAIN_NAMESPACE)."
+  value       = module.platform.namespace
+}
+
 output "kubernetes_secrets" {
-  description = "Kubernetes secrets Terraform created (global.postgresqlSecretName, envSecrets)."
+  description = "Kubernetes secrets Terraform created (global.postgresqlSecretName, envSecrets, stage env_secrets)."
   value       = module.platform.kubernetes_secrets
 }
 

@@ -1,6 +1,7 @@
-# In-cluster pieces Terraform owns: the namespace, the Kubernetes secrets the Helm values name, service
-# accounts of the GPU stages (the chart creates only its own two), the NVIDIA device plugin on the GPU pool,
-# and the MLflow database on the shared RDS instance.
+# In-cluster pieces Terraform owns: the namespace, the Kubernetes secrets the Helm values and the stage table
+# name, service accounts of the GPU stages (the chart creates only its own two) with the train stage's right to
+# start its rank pods, the NVIDIA device plugin on the GPU pool, and the MLflow database on the shared RDS
+# instance.
 terraform {
   required_providers {
     kubernetes = { source = "hashicorp/kubernetes", version = "~> 2.36" }
@@ -53,6 +54,24 @@ resource "kubernetes_secret_v1" "qaihub" {
   }
 }
 
+# envFrom of the pods that use MLflow, the train and compile stages (StageSpec.env_secrets; the trainer rank pods get
+# the train stage's envFrom too). The backend is the `mlflow` database on the Dagster RDS instance with the same
+# user: that password is in the state already (random_password, the postgres secret above) and every step pod
+# holds it, so a second user would separate nothing. Unlike the AI Hub token, the URI is therefore written here,
+# complete, and follows a new password on the next apply. Created after the database exists: until then the
+# MLflow pods wait (missing secret) instead of starting against no database.
+resource "kubernetes_secret_v1" "mlflow" {
+  metadata {
+    name      = var.mlflow_secret_name
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  data = {
+    # psycopg2 spelled out: SQLAlchemy >= 2.1 maps a bare postgresql:// to psycopg 3, which is not installed.
+    AD_MLFLOW_TRACKING_URI = "postgresql+psycopg2://${var.db_username}:${urlencode(var.db_password)}@${var.db_host}:${var.db_port}/${var.mlflow_database}?sslmode=require"
+  }
+  depends_on = [kubernetes_job_v1.mlflow_db]
+}
+
 resource "kubernetes_service_account_v1" "gpu_stage" {
   for_each = var.stage_service_accounts # stage -> {name, role_arn}
   metadata {
@@ -63,6 +82,58 @@ resource "kubernetes_service_account_v1" "gpu_stage" {
     }
   }
   automount_service_account_token = true # the IRSA web-identity token is a projected SA token
+}
+
+# The train stage's pods start the ranks of a multi-pod training (ad_resources/training.py K8sTrainingLauncher): an
+# indexed Job + a headless Service, then rank 0's logs (Pipes) and the pods' states. Exactly those verbs, in the
+# release namespace only (tests/deploy/test_terraform.py derives them from the launcher's API calls).
+resource "kubernetes_role_v1" "train_launcher" {
+  metadata {
+    name      = "ad-platform-train-launcher"
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  rule {
+    api_groups = ["batch"]
+    resources  = ["jobs"]
+    verbs      = ["create", "delete"]
+  }
+  rule {
+    api_groups = ["batch"]
+    resources  = ["jobs/status"]
+    verbs      = ["get"]
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["services"]
+    verbs      = ["create", "delete"]
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["pods"]
+    verbs      = ["list"]
+  }
+  rule {
+    api_groups = [""]
+    resources  = ["pods/log"]
+    verbs      = ["get"]
+  }
+}
+
+resource "kubernetes_role_binding_v1" "train_launcher" {
+  metadata {
+    name      = "ad-platform-train-launcher"
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "Role"
+    name      = kubernetes_role_v1.train_launcher.metadata[0].name
+  }
+  subject {
+    kind      = "ServiceAccount"
+    name      = kubernetes_service_account_v1.gpu_stage["train"].metadata[0].name
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
 }
 
 # Advertises nvidia.com/gpu on GPU nodes; tolerates their taint and runs only on the GPU pool.

@@ -32,6 +32,12 @@ variable "qaihub_secret_name" {
   default     = "ad-platform-qaihub"
 }
 
+variable "mlflow_secret_name" {
+  description = "Secret of the train and compile stages' pods with AD_MLFLOW_TRACKING_URI (stages.MLFLOW_SECRET)."
+  type        = string
+  default     = "ad-platform-mlflow"
+}
+
 variable "stage_service_accounts" {
   description = "Service accounts of GPU stages: stage -> {name, role_arn}."
   type        = map(object({ name = string, role_arn = string }))
@@ -40,6 +46,11 @@ variable "stage_service_accounts" {
 variable "db_host" {
   description = "RDS endpoint."
   type        = string
+}
+
+variable "db_port" {
+  description = "RDS port."
+  type        = number
 }
 
 variable "db_username" {

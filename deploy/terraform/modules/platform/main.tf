@@ -73,6 +73,7 @@ module "k8s_addons" {
     }
   }
   db_host          = module.metadata.address
+  db_port          = module.metadata.port
   db_username      = module.metadata.username
   db_password      = module.metadata.password
   dagster_database = module.metadata.databases[0]

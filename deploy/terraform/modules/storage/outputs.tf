@@ -18,6 +18,11 @@ output "lake_prefix" {
   value       = var.lake_prefix
 }
 
+output "mlflow_prefix" {
+  description = "MLflow artifact key prefix."
+  value       = var.mlflow_prefix
+}
+
 output "compute_log_prefix" {
   description = "Compute-log key prefix."
   value       = var.compute_log_prefix

@@ -20,6 +20,12 @@ variable "lake_prefix" {
   default     = "lake"
 }
 
+variable "mlflow_prefix" {
+  description = "Key prefix of MLflow's artifacts inside their bucket (AD_MLFLOW_ARTIFACTS path)."
+  type        = string
+  default     = "mlflow"
+}
+
 variable "compute_log_prefix" {
   description = "Key prefix of step logs (computeLogManager prefix)."
   type        = string
