@@ -45,7 +45,7 @@ from ad_core.train.mlflow_io import load_model, log_model
 from ad_core.train.model import PilotNet
 from ad_core.train.shards import ShardSplit, ShardStream, join_uri, load_split, read_uri, write_uri
 from ad_core.train.version import code_version, version_tags
-from ad_core.train.worker import MODEL_FILE, RESULT_FILE, TrainJob, train_job
+from ad_core.train.worker import MODEL_FILE, RESULT_FILE, TrainJob, job_tracking_uri, train_job
 from ad_resources.lake import Lake
 from ad_resources.tracking import MlflowTracking
 from ad_resources.training import TrainingLauncher
@@ -352,7 +352,7 @@ def train_market(
             target_mean=float(targets.mean()),
             target_scale=float(targets.std()),
             output_uri=lake.uri(run_dir),
-            mlflow_tracking_uri=tracking.tracking_uri,
+            mlflow_tracking_uri=job_tracking_uri(tracking.tracking_uri),
             mlflow_run_id=run.info.run_id,
             train_frames=train_set.size,
         )

@@ -199,7 +199,7 @@ DECODED_STREAMS = CatalogRecord(
 
 # The signals the drift check summarises (ad_core/quality/drift.py asserts its SIGNALS match these columns).
 DRIFT_HISTOGRAM_COLUMNS = ("speed_kmh_hist", "yaw_rate_dps_hist", "brightness_hist")
-ODD_TAGS = ("road_type", "time_of_day", "weather")
+ODD_TAGS = ("road_type", "time_of_day", "weather", "manoeuvre")
 
 DRIVE_SIGNAL_SUMMARIES = CatalogRecord(
     name="drive_signal_summaries",

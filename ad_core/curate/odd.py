@@ -1,12 +1,14 @@
 """Operational design domain (ODD) tags derived from a drive's synced signals, never read from its manifest.
 
-Three tags per frame, each decided on a window of frames around it, and a drive-level tag (the majority):
+Four tags per frame, each decided on a window of frames around it, and a drive-level tag (the majority):
 
 - ``time_of_day``: ``day`` / ``dusk_dawn`` / ``night`` from the sun's elevation at the GNSS position and time.
 - ``weather``: ``clear`` / ``rain`` / ``fog_snow`` from fog lamps, wipers, the rain sensor and the ambient
   temperature (light precipitation below freezing is snow).
 - ``road_type``: ``motorway`` / ``rural`` / ``urban`` from the speed profile against the market's speed bands,
   stops and curvature (yaw rate / speed).
+- ``manoeuvre``: ``standstill`` / ``straight`` / ``curve`` / ``turn`` (a junction) from the curvature over a few
+  seconds: what a steering model must have seen in training before a test split can judge it there.
 
 Signals are found by their *signal* name (the part after the stream prefix ``<stream>.``), from a configurable
 list of candidates per role (:class:`OddSignals`), so a vehicle whose CAN logs call speed ``VehSpeed`` works
@@ -29,6 +31,7 @@ ODD_VALUES: dict[str, tuple[str, ...]] = {
     "time_of_day": ("day", "dusk_dawn", "night"),
     "weather": ("clear", "rain", "fog_snow"),
     "road_type": ("motorway", "rural", "urban"),
+    "manoeuvre": ("standstill", "straight", "curve", "turn"),
 }
 
 
@@ -78,8 +81,12 @@ class OddConfig:
     urban_curvature_1pm: float = 0.02  # a turn tighter than 50 m radius happens at junctions
     motorway_max_curvature_1pm: float = 0.0015
     road_edge_margin_s: float = 10.0
+    # Manoeuvre per short window from the path curvature (yaw rate / speed): tighter than urban_curvature_1pm
+    # is a junction turn, tighter than curve_curvature_1pm (2.5 km radius) a curve; below 5 km/h standstill.
+    curve_curvature_1pm: float = 1 / 2500
     weather_window_s: float = 30.0
     road_window_s: float = 60.0
+    manoeuvre_window_s: float = 3.0
 
 
 @dataclass
@@ -162,8 +169,15 @@ def _majority(values: np.ndarray, rows: np.ndarray) -> float:
     return float(vals[np.argmax(counts)])
 
 
+def _curvature(speed_kmh: np.ndarray, yaw_rate_dps: np.ndarray) -> np.ndarray:
+    """|Path curvature| (1/m) = yaw rate / speed; 0 below 5 km/h, where yaw over a near-zero speed is noise."""
+    curvature = np.abs(np.radians(yaw_rate_dps) / np.maximum(speed_kmh / 3.6, 0.1))
+    curvature[~(speed_kmh >= 5)] = 0.0
+    return curvature
+
+
 def tag_frames(table: pa.Table, market: str, config: OddConfig | None = None) -> OddResult:
-    """Derive the three ODD tags for every frame of a synced frames table (``timestamp_ns`` + signal columns)."""
+    """Derive the four ODD tags for every frame of a synced frames table (``timestamp_ns`` + signal columns)."""
     config = config or OddConfig()
     sig = config.signals
     columns = table.column_names
@@ -229,9 +243,7 @@ def tag_frames(table: pa.Table, market: str, config: OddConfig | None = None) ->
     else:
         motorway_min = config.motorway_min_kmh.get(market, config.default_motorway_min_kmh)
         urban_max = config.urban_max_kmh.get(market, config.default_urban_max_kmh)
-        mps = np.maximum(speed / 3.6, 0.1)
-        curvature = np.abs(np.radians(yaw) / mps) if yaw is not None else np.zeros(n)
-        curvature[speed < 5] = 0.0  # yaw over a near-zero speed is noise, not a corner
+        curvature = _curvature(speed, yaw) if yaw is not None else np.zeros(n)
         # Ignition-on and parking are no evidence of the road: the first and last seconds are not judged.
         margin = int(config.road_edge_margin_s * 1e9)
         judged = (ts >= ts[0] + margin) & (ts <= ts[-1] - margin) if n else np.zeros(0, dtype=bool)
@@ -259,6 +271,27 @@ def tag_frames(table: pa.Table, market: str, config: OddConfig | None = None) ->
         reasons["road_type"] = None
         if n and np.all(tags["road_type"] == ODD_UNKNOWN):
             reasons["road_type"] = "the vehicle never moved faster than 5 km/h"
+
+    # manoeuvre
+    if speed is None or yaw is None:
+        missing = "vehicle speed" if speed is None else "yaw rate"
+        looked = sig.speed_kmh if speed is None else sig.yaw_rate_dps
+        tags["manoeuvre"] = np.full(n, ODD_UNKNOWN, dtype=object)
+        reasons["manoeuvre"] = f"no {missing} signal (looked for {looked})"
+    else:
+        curvature = _curvature(speed, yaw)
+
+        def manoeuvre(rows: np.ndarray) -> str:
+            v = speed[rows]
+            if not np.isfinite(v).any() or np.nanmedian(v) < 5:
+                return "standstill"
+            k = float(np.nanmax(curvature[rows]))
+            if k > config.urban_curvature_1pm:
+                return "turn"
+            return "curve" if k > config.curve_curvature_1pm else "straight"
+
+        tags["manoeuvre"] = _per_window(_windows(ts, config.manoeuvre_window_s), manoeuvre)
+        reasons["manoeuvre"] = None
 
     drive_tags: dict[str, str] = {}
     shares: dict[str, dict[str, float]] = {}

@@ -7,6 +7,8 @@
   version with the reason (a new split version re-shuffles everything).
 - **Stratified**: new groups are placed greedily (largest first, ties by a hash of the version and drive ids)
   into the split that keeps every split's frame share near its ratio and its ODD tag shares near the market's.
+- **Covered**: a group that is the last to carry an ODD value train does not have yet goes to train, so every
+  value an evaluation split holds was trained on where the fleet allows it.
 - **Deterministic**: the same candidates, previous assignment and config give the same assignment.
 
 The checks are separate functions over an assignment, so a planted violation (an edited previous manifest) is
@@ -16,7 +18,7 @@ caught the same way as a bug would be.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +43,9 @@ class SplitConfig:
     quota_tolerance: float = 0.15
     min_frames_per_split: int = 100
     size_weight: float = 4.0  # keeping split sizes at their ratios matters more than any one tag
+    # An ODD value (>= this many frames) that only one new place group carries goes to train: a test split
+    # cannot judge a model where it never trained (the only junction turn of a market, its only snow drive).
+    coverage_min_frames: int = 20
 
 
 @dataclass
@@ -130,6 +135,17 @@ class _Tally:
         return cost
 
 
+def _values(drives: Iterable[DriveCandidate], min_frames: int) -> set[tuple[str, str]]:
+    """The known (tag, value) pairs with at least ``min_frames`` frames in these drives together."""
+    frames: Counter[tuple[str, str]] = Counter()
+    for c in drives:
+        for tag in ODD_TAGS:
+            for value, n in c.tag_frames.get(tag, {}).items():
+                if value != ODD_UNKNOWN:
+                    frames[(tag, value)] += n
+    return {v for v, n in frames.items() if n >= min_frames}
+
+
 def assign_splits(
     candidates: Iterable[DriveCandidate], previous: Mapping[str, str], config: SplitConfig
 ) -> SplitAssignment:
@@ -165,13 +181,18 @@ def assign_splits(
     for d, s in splits.items():
         tally.add(s, [by_id[d]])
     free.sort(key=lambda m: (-sum(by_id[d].frames for d in m), _stable_hash(config.version, *m)))
-    for members in free:
+    carried = [_values([by_id[d] for d in members], config.coverage_min_frames) for members in free]
+    carriers_left = Counter(v for values in carried for v in values)
+    for members, values in zip(free, carried, strict=True):
         drives = [by_id[d] for d in members]
+        carriers_left.subtract(values)
+        trained = {(tag, value) for (split, tag, value), n in tally.tags.items() if split == "train" and n > 0}
+        must_train = any(not carriers_left[v] and v not in trained for v in values)
         best: tuple[float, str] | None = None
         # An empty split is filled first (evaluation splits before train): no split may stay empty while
         # groups are left, and a tag cost cannot see a split without frames.
         empty = [s for s in reversed(SPLITS) if not tally.frames[s]]
-        for s in empty or SPLITS:
+        for s in ["train"] if must_train else empty or SPLITS:
             tally.add(s, drives)
             cost = tally.cost(config, shares)
             tally.add(s, drives, -1)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,7 @@ from ad_core.train.shards import ShardRef, ShardStream, join_uri, read_uri, writ
 
 MODEL_FILE = "model.pt"
 RESULT_FILE = "result.json"
+TRACKING_URI_ENV = "AD_MLFLOW_TRACKING_URI"
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
@@ -44,6 +46,8 @@ class TrainJob:
     target_mean: float
     target_scale: float
     output_uri: str
+    # None when the store's URI carries a password: job.json lives in the lake, so ranks then read the URI
+    # from their own environment (TRACKING_URI_ENV, the Kubernetes secret). See job_tracking_uri.
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     train_frames: int = 0
@@ -67,12 +71,18 @@ class TrainJob:
         )
 
 
+def job_tracking_uri(uri: str | None) -> str | None:
+    """What a job file may say about the MLflow store: its URI unless that holds credentials."""
+    return None if uri and urlsplit(uri).password else uri
+
+
 def _mlflow_logger(job: TrainJob) -> Callable[[EpochStats], None] | None:
-    if not (job.mlflow_tracking_uri and job.mlflow_run_id):
+    uri = job.mlflow_tracking_uri or os.environ.get(TRACKING_URI_ENV)
+    if not (uri and job.mlflow_run_id):
         return None
     from mlflow.tracking import MlflowClient
 
-    client, run_id = MlflowClient(tracking_uri=job.mlflow_tracking_uri), job.mlflow_run_id
+    client, run_id = MlflowClient(tracking_uri=uri), job.mlflow_run_id
 
     def log(s: EpochStats) -> None:
         metrics = {"train_loss": s.train_loss, "train_frames_per_s": s.train_frames_per_s}

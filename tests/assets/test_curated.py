@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -19,7 +20,7 @@ from dagster import AssetKey, DagsterInstance, Definitions, instance_for_test
 from ad_common.lake_layout import ODD_TAGS, SPLIT_MANIFEST_SCHEMA, rejections_dir, split_manifest_path
 from ad_platform.definitions import build_definitions
 from ad_platform.runner import refresh_market_assets, run_once
-from fleetgen import generate_fleet
+from fleetgen import generate_fleet, ground_truth
 
 MARKETS = ("de", "jp")
 # The generator's ground truth (drive.json "odd", for tests only) in the tagger's vocabulary.
@@ -72,14 +73,24 @@ def fleet() -> Iterator[Fleet]:
 
 
 def test_odd_tags_match_the_generators_ground_truth_on_at_least_90_percent(fleet: Fleet) -> None:
-    per_tag: dict[str, list[bool]] = {t: [] for t in ODD_TAGS}
-    frames_per_tag: dict[str, list[float]] = {t: [] for t in ODD_TAGS}
+    truth_tags = ("road_type", "time_of_day", "weather")  # drive.json's; the manoeuvre's truth is the motion
+    per_tag: dict[str, list[bool]] = {t: [] for t in truth_tags}
+    frames_per_tag: dict[str, list[float]] = {t: [] for t in truth_tags}
+    turns: list[tuple[bool, bool]] = []  # (the path has a junction turn, the tagger found one)
     for market in MARKETS:
         for drive in sorted((fleet.state / "landing" / market).glob(f"{market}-*")):
             truth = json.loads((drive / "drive.json").read_text())["odd"]
             record = pq.read_table(fleet.lake / "catalog" / "drive_odd_tags" / market / f"{drive.name}.parquet")
             row = record.to_pylist()[0]
-            for tag in ODD_TAGS:
+            motion = ground_truth(drive)
+            moving = motion["speed_kmh"] > 5
+            turns.append(
+                (
+                    bool(np.abs(motion["curvature_1pm"][moving]).max() > 0.02),
+                    "turn" in json.loads(row["manoeuvre_shares"]),
+                )
+            )
+            for tag in truth_tags:
                 expected = TRUTH_VOCABULARY.get(truth[tag], truth[tag])
                 per_tag[tag].append(row[tag] == expected)
                 frames_per_tag[tag].append(json.loads(row[f"{tag}_shares"]).get(expected, 0.0))
@@ -89,6 +100,7 @@ def test_odd_tags_match_the_generators_ground_truth_on_at_least_90_percent(fleet
     assert len(per_tag["weather"]) == 10
     assert all(a >= 0.9 for a in accuracy.values()), accuracy
     assert all(a >= 0.9 for a in frame_accuracy.values()), frame_accuracy
+    assert any(has for has, _ in turns) and all(has == found for has, found in turns), turns
 
 
 def test_splits_are_green_content_addressed_and_idempotent(fleet: Fleet) -> None:
@@ -121,7 +133,7 @@ def test_review_page_renders_in_headless_chromium_with_its_frames(fleet: Fleet) 
     assert "DE curated split v1" in html
     assert html.count("<img ") >= int(str(fleet.latest("de", "split_review")["frames_sampled"])) >= 3
     labels = json.loads((page_path.parent / "fiftyone" / "train" / "labels.json").read_text())
-    assert labels["classes"] is None and all(v.count("/") == 2 for v in labels["labels"].values())
+    assert labels["classes"] is None and all(v.count("/") == len(ODD_TAGS) - 1 for v in labels["labels"].values())
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's `chromium` package (.ci/run does when it is missing)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip package playwright (pinned in pyproject)")
@@ -183,9 +195,10 @@ def test_an_edited_manifest_that_puts_one_place_in_two_splits_fails_the_leakage_
         checks = fleet.refresh()
         assert checks["de"]["no_drive_or_place_leakage"] is False
         cell = sorted(cells[train])[0]
-        assert f"geo cell {cell} is in 2 splits (test: {test}; train: {train}" in fleet.descriptions[
-            ("de", "no_drive_or_place_leakage")
-        ]
+        assert (
+            f"geo cell {cell} is in 2 splits (test: {test}; train: {train}"
+            in fleet.descriptions[("de", "no_drive_or_place_leakage")]
+        )
         manifest_after = fleet.manifest("de")
         assert manifest_after.filter(pc.field("drive_id") == test)["split"][0].as_py() == "test"  # stable
     finally:

@@ -107,7 +107,7 @@ def test_dbt_models_and_tests_through_dagster_before_and_after_the_splits(fleet:
         "select tag, sum(frames), sum(share_of_frames) from odd_coverage_by_market group by tag order by tag"
     )
     frames = fleet.rows("select sum(synced_frames) from drives")[0][0]
-    assert [t for t, _, _ in coverage] == ["road_type", "time_of_day", "weather"]
+    assert [t for t, _, _ in coverage] == ["manoeuvre", "road_type", "time_of_day", "weather"]
     assert all(abs(n - frames) <= 3 and s == pytest.approx(1.0) for _, n, s in coverage)
 
     # 2. The market assets write the split version v1; the catalog now summarises it.

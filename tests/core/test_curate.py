@@ -52,25 +52,52 @@ def test_tags_follow_the_signals_by_name_whatever_the_stream() -> None:
         },
     )
     result = tag_frames(table, "de")
-    assert result.drive_tags == {"road_type": "motorway", "time_of_day": "day", "weather": "rain"}
+    assert result.drive_tags == {
+        "road_type": "motorway",
+        "time_of_day": "day",
+        "weather": "rain",
+        "manoeuvre": "straight",
+    }
     assert result.signals_used["speed_kmh"] == "chassis.VehSpeed"
     assert result.shares["weather"] == {"rain": 1.0}
 
 
 def test_a_drive_without_the_signals_gets_unknown_with_the_reason() -> None:
     result = tag_frames(_frames(50, **{"can.EngineSpeed": np.full(50, 900.0)}), "de")
-    assert result.drive_tags == {"road_type": "unknown", "time_of_day": "unknown", "weather": "unknown"}
+    assert set(result.drive_tags.values()) == {"unknown"} and len(result.drive_tags) == 4
     assert "no GNSS position" in str(result.reasons["time_of_day"])
     assert "no vehicle speed signal" in str(result.reasons["road_type"])
     assert "no wiper, rain-sensor or headlight signal" in str(result.reasons["weather"])
+    assert "no vehicle speed signal" in str(result.reasons["manoeuvre"])
 
 
-def _drive(name: str, cells: set[str], frames: int = 100, weather: str = "clear") -> DriveCandidate:
+def test_manoeuvre_follows_the_curvature_of_the_path() -> None:
+    # 10 Hz: 6 s standing, 6 s straight at 50 km/h, 6 s in a 500 m curve, 6 s in a 15 m junction turn.
+    speed = np.r_[np.zeros(60), np.full(180, 50.0)]
+    yaw_dps = np.degrees((speed / 3.6) * np.r_[np.zeros(120), np.full(60, 1 / 500), np.full(60, 1 / 15)])
+    result = tag_frames(_frames(240, **{"esp.VehicleSpeed": speed, "imu.YawRate": yaw_dps}), "de")
+    windows = result.frame_tags["manoeuvre"][::30].tolist()  # one value per 3 s window
+    assert windows == ["standstill"] * 2 + ["straight"] * 2 + ["curve"] * 2 + ["turn"] * 2
+    assert result.shares["manoeuvre"] == {"curve": 0.25, "standstill": 0.25, "straight": 0.25, "turn": 0.25}
+    no_yaw = tag_frames(_frames(50, **{"esp.VehicleSpeed": np.full(50, 50.0)}), "de")
+    assert set(no_yaw.frame_tags["manoeuvre"]) == {"unknown"}
+    assert "no yaw rate signal (looked for ('YawRate'" in str(no_yaw.reasons["manoeuvre"])
+
+
+def _drive(
+    name: str, cells: set[str], frames: int = 100, weather: str = "clear", turn_frames: int = 0
+) -> DriveCandidate:
+    manoeuvre = {"straight": frames - turn_frames, "turn": turn_frames} if turn_frames else {"straight": frames}
     return DriveCandidate(
         name,
         frames,
         frozenset(cells),
-        {"weather": {weather: frames}, "time_of_day": {"day": frames}, "road_type": {"urban": frames}},
+        {
+            "weather": {weather: frames},
+            "time_of_day": {"day": frames},
+            "road_type": {"urban": frames},
+            "manoeuvre": manoeuvre,
+        },
     )
 
 
@@ -89,6 +116,24 @@ def test_splits_are_deterministic_leakage_free_and_every_split_gets_drives() -> 
     counts = {s: sum(1 for v in first.splits.values() if v == s) for s in ("train", "val", "test")}
     assert counts["train"] > counts["val"] >= 2 and counts["test"] >= 2, counts
     assert leakage_violations(first.splits, {d.drive_id: d.cells for d in drives}) == []
+
+
+def test_the_only_drive_with_an_odd_value_trains_rather_than_tests() -> None:
+    """Five drives, one with a junction turn: wherever the greedy would put it, it goes to train."""
+    drives = [_drive(f"d{i}", {f"c{i}"}, turn_frames=60 if i == k else 0) for k in range(5) for i in range(5)]
+    for k in range(5):
+        assignment = assign_splits(drives[5 * k : 5 * k + 5], {}, SplitConfig())
+        assert assignment.splits[f"d{k}"] == "train", (k, assignment.splits)
+        assert sorted(assignment.splits.values()) == ["test", "train", "train", "train", "val"]
+    # Two drives turn: one of them may be judged (evaluation splits still get the value when train has it).
+    two = [_drive(f"d{i}", {f"c{i}"}, turn_frames=60 if i < 2 else 0) for i in range(5)]
+    assert "train" in {assign_splits(two, {}, SplitConfig()).splits[d] for d in ("d0", "d1")}
+    # Below coverage_min_frames a value does not count: a few frames of a turn are not a domain.
+    few = [_drive(f"d{i}", {f"c{i}"}, turn_frames=10 if i == 0 else 0) for i in range(5)]
+    assert (
+        assign_splits(few, {}, SplitConfig()).splits
+        == assign_splits([_drive(f"d{i}", {f"c{i}"}) for i in range(5)], {}, SplitConfig()).splits
+    )
 
 
 def test_new_drives_never_move_old_ones_and_a_bridging_drive_is_held_out() -> None:

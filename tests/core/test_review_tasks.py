@@ -31,6 +31,7 @@ def _tags(n: int) -> pa.Table:
             "road_type": ["urban"] * n,
             "time_of_day": ["day"] * n,
             "weather": ["clear" if i < n // 2 else "rain" for i in range(n)],
+            "manoeuvre": ["straight"] * n,
         },
         FRAME_TAGS_SCHEMA,
     )

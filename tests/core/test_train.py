@@ -3,6 +3,7 @@ augmentation, bounded reads, the model's batch-size independence and the evaluat
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_a_tiny_training_run_is_reproducible_and_evaluates_per_slice(manifest: t
     assert np.array_equal(preds[0], preds[1])
     report = evaluate(preds[0], test, runs[0].target_mean)
     assert report["markets"]["de"]["frames"] == test.frames == 32
-    assert {s["tag"] for s in report["slices"]} == {"road_type", "time_of_day", "weather"}
+    assert {s["tag"] for s in report["slices"]} == {"road_type", "time_of_day", "weather", "manoeuvre"}
     assert report["markets"]["de"]["baseline_mae"] == pytest.approx(
         float(np.mean(np.abs(test.targets() - train_split.targets().mean()))), rel=1e-5
     )
@@ -104,3 +105,38 @@ def test_stats_against_hand_computed_values() -> None:
     s = _stats(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0]), baseline=0.0)
     assert s["mae"] == pytest.approx(4 / 3) and s["rmse"] == pytest.approx(np.sqrt(10 / 3))
     assert s["baseline_mae"] == 1.0 and s["mae_ratio"] == pytest.approx(4 / 3)
+
+
+def test_a_job_file_never_carries_the_tracking_stores_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """job.json lives in the lake: a URI with credentials stays out, and the rank reads it from its environment."""
+    from mlflow.tracking import MlflowClient
+
+    from ad_core.train import worker
+    from ad_core.train.loop import EpochStats
+
+    secret = "postgresql+psycopg2://dagster:s3cret@db:5432/mlflow?sslmode=require"
+    local = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert worker.job_tracking_uri(secret) is None
+    assert worker.job_tracking_uri(local) == local
+    job = worker.TrainJob(
+        train=[],
+        val=[],
+        params=TrainParams(),
+        target_mean=0.0,
+        target_scale=1.0,
+        output_uri=str(tmp_path),
+        mlflow_tracking_uri=worker.job_tracking_uri(secret),
+        mlflow_run_id="r1",
+    )
+    assert "s3cret" not in job.to_json() and "mlflow_tracking_uri" in job.to_json()
+    monkeypatch.delenv(worker.TRACKING_URI_ENV, raising=False)
+    assert worker._mlflow_logger(job) is None  # no URI anywhere: no MLflow logging, rather than a wrong store
+    # The rank's environment names the store (the secret in a pod; a real SQLite store here): epochs land there.
+    client = MlflowClient(tracking_uri=local)
+    run = client.create_run(client.create_experiment("ranks", artifact_location=(tmp_path / "a").as_uri()))
+    monkeypatch.setenv(worker.TRACKING_URI_ENV, local)
+    log = worker._mlflow_logger(replace(job, mlflow_run_id=run.info.run_id))
+    assert log is not None
+    log(EpochStats(epoch=0, train_loss=0.25, train_frames=10, train_seconds=2.0, val_mae=1.5, learning_rate=1e-3))
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics == {"train_loss": 0.25, "train_frames_per_s": 5.0, "val_mae": 1.5}

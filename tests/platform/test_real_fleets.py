@@ -105,14 +105,14 @@ def test_every_real_drive_syncs_or_stops_at_a_named_check(
         # ODD tags on real logs: every synced drive is tagged; what its signals cannot tell is `unknown` with the
         # reason, never guessed. The OBD-II cars' road type comes from PID 0x0D speed, found by its standard name.
         odd = {
-            f"{m}/{d}": (road, road_reason, tod, tod_reason, weather, weather_reason)
-            for m, d, road, road_reason, tod, tod_reason, weather, weather_reason in catalog.query(
+            f"{m}/{d}": row
+            for m, d, *row in catalog.query(
                 "select market, drive_id, road_type, road_type_reason, time_of_day, time_of_day_reason, weather, "
-                "weather_reason from drive_odd_tags"
+                "weather_reason, manoeuvre, manoeuvre_reason from drive_odd_tags"
             )
         }
         assert set(odd) == {d for d, v in EXPECTED.items() if v == SYNCED}
-        assert all(row[i + 1] for row in odd.values() for i in (0, 2, 4) if row[i] == "unknown"), odd
+        assert all(row[i + 1] for row in odd.values() for i in (0, 2, 4, 6) if row[i] == "unknown"), odd
         obd_cars = ("us/obd-car-3ba199e2-s164", "us/obd-car-3ba199e2-s165", "us/obd2-11bit")
         assert [odd[d][0] for d in obd_cars] == ["rural", "urban", "urban"]
         assert odd["us/obd-car-3ba199e2-s164"][2] == "day"  # sun elevation at the CANmod GNSS position

@@ -13,5 +13,6 @@ select
     road_type,
     time_of_day,
     weather,
+    manoeuvre,
     manifest_sha256
 from {{ source('lake', 'split_assignments') }}
