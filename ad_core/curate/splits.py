@@ -8,7 +8,8 @@
 - **Stratified**: new groups are placed greedily (largest first, ties by a hash of the version and drive ids)
   into the split that keeps every split's frame share near its ratio and its ODD tag shares near the market's.
 - **Covered**: a group that is the last to carry an ODD value train does not have yet goes to train, so every
-  value an evaluation split holds was trained on where the fleet allows it.
+  value an evaluation split holds was trained on where the fleet allows it (unless the groups left could then
+  not fill every evaluation split).
 - **Deterministic**: the same candidates, previous assignment and config give the same assignment.
 
 The checks are separate functions over an assignment, so a planted violation (an edited previous manifest) is
@@ -183,11 +184,15 @@ def assign_splits(
     free.sort(key=lambda m: (-sum(by_id[d].frames for d in m), _stable_hash(config.version, *m)))
     carried = [_values([by_id[d] for d in members], config.coverage_min_frames) for members in free]
     carriers_left = Counter(v for values in carried for v in values)
-    for members, values in zip(free, carried, strict=True):
+    for position, (members, values) in enumerate(zip(free, carried, strict=True)):
         drives = [by_id[d] for d in members]
         carriers_left.subtract(values)
         trained = {(tag, value) for (split, tag, value), n in tally.tags.items() if split == "train" and n > 0}
-        must_train = any(not carriers_left[v] and v not in trained for v in values)
+        # Coverage yields to the rule that no split stays empty: the groups after this one must still fill them.
+        unfilled = sum(1 for s in SPLITS if s != "train" and not tally.frames[s])
+        must_train = len(free) - position - 1 >= unfilled and any(
+            not carriers_left[v] and v not in trained for v in values
+        )
         best: tuple[float, str] | None = None
         # An empty split is filled first (evaluation splits before train): no split may stay empty while
         # groups are left, and a tag cost cannot see a split without frames.

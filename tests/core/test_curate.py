@@ -128,6 +128,15 @@ def test_the_only_drive_with_an_odd_value_trains_rather_than_tests() -> None:
     # Two drives turn: one of them may be judged (evaluation splits still get the value when train has it).
     two = [_drive(f"d{i}", {f"c{i}"}, turn_frames=60 if i < 2 else 0) for i in range(5)]
     assert "train" in {assign_splits(two, {}, SplitConfig()).splits[d] for d in ("d0", "d1")}
+    # Every drive unique (its own weather): coverage yields, no evaluation split stays empty.
+    unique = [_drive(f"d{i}", {f"c{i}"}, weather=w) for i, w in enumerate(("clear", "rain", "fog_snow", "x", "y"))]
+    assert sorted(assign_splits(unique, {}, SplitConfig()).splits.values()) == [
+        "test",
+        "train",
+        "train",
+        "train",
+        "val",
+    ]
     # Below coverage_min_frames a value does not count: a few frames of a turn are not a domain.
     few = [_drive(f"d{i}", {f"c{i}"}, turn_frames=10 if i == 0 else 0) for i in range(5)]
     assert (
