@@ -50,7 +50,7 @@ from .mcap_chunks import (
     parse_schema,
 )
 from .parquet_out import SinkManager, StreamSink, snake
-from .report import DecodeError, StreamReport
+from .report import CorruptChunk, DecodeError, StreamReport
 from .ros2_types import Unsupported, computed_layout, rosbags_decoder
 
 IMAGE_SCHEMAS = ("CompressedImage", "RawImage", "Image", "CompressedVideo")
@@ -353,8 +353,16 @@ class _Topic:
 
 
 class McapDecoder:
-    def __init__(self, manager: SinkManager, decoder_version: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        manager: SinkManager,
+        decoder_version: str,
+        log: Callable[[str], None],
+        *,
+        fail_on_corrupt_chunk: bool = False,
+    ) -> None:
         self.manager = manager
+        self.fail_on_corrupt_chunk = fail_on_corrupt_chunk
         self.decoder_version = decoder_version
         self.log = log
         self.factories = [Ros2DecoderFactory(), ProtobufDecoderFactory()]
@@ -427,7 +435,8 @@ class McapDecoder:
 
     # ---------------------------------------------------------------- reading
     def read_file(self, path: Path, file_metadata: dict[str, str], *, hash_file: bool = True) -> tuple[int, str | None]:
-        """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError.
+        """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError (CorruptChunk
+        for a damaged chunk when ``fail_on_corrupt_chunk``).
 
         ``hash_file``: hash it while reading (False when its sha256 is known already)."""
         by_channel: dict[int, _Topic] = {}
@@ -447,6 +456,10 @@ class McapDecoder:
             if isinstance(exc, McapReadError):
                 pos = exc.offset if exc.offset >= 0 else size
                 cause = exc.cause
+                if exc.chunk is not None and self.fail_on_corrupt_chunk:
+                    raise CorruptChunk(
+                        str(path), f"MCAP damaged: chunk {exc.chunk} (the record at byte {pos} of {size}): {cause}"
+                    ) from exc
             else:
                 pos = size
                 cause = describe_mcap_error(exc)
