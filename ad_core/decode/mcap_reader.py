@@ -376,13 +376,10 @@ class _CdrPending:
         """(payload bytes, bounds (n + 1), log times, publish times) of every pending message, in order."""
         if len(self.parts) == 1:
             return self.parts[0]
-        base = np.cumsum([0] + [len(data) for data, *_ in self.parts[:-1]])
+        base = np.cumsum([0] + [len(data) for data, *_ in self.parts])  # where each part's bytes start
         return (
             np.concatenate([data for data, *_ in self.parts]),
-            np.concatenate(
-                [b[:-1] + o for (_, b, _, _), o in zip(self.parts, base, strict=True)]
-                + [[base[-1] + len(self.parts[-1][0])]]
-            ),
+            np.concatenate([b[:-1] + o for (_, b, _, _), o in zip(self.parts, base[:-1], strict=True)] + [base[-1:]]),
             np.concatenate([lt for _, _, lt, _ in self.parts]),
             np.concatenate([pt for *_, pt in self.parts]),
         )
