@@ -22,7 +22,7 @@ from ad_assets.stage_asset import stage_asset_args
 from ad_common.formats import classify, printable
 from ad_common.lake_layout import DECODED_STREAMS, decoded_path, registry_path
 from ad_common.stages import DECODED_SIGNALS
-from ad_core.decode import DECODER_VERSION, DriveDecodeReport, decode_drive
+from ad_core.decode import DECODER_VERSION, CorruptChunk, DriveDecodeReport, decode_drive
 from ad_core.quality.profile import SignalProfile, StreamProfile, drive_profiles
 from ad_core.quality.rules import DECODED_RULES, profile_tables
 from ad_resources.lake import Lake
@@ -80,8 +80,8 @@ class DecodedDrive:
 
 
 def registered_sha256(lake: Lake, market: str, drive_id: str, files: list[FileStat]) -> dict[str, str]:
-    """The sha256 raw_drive verified for each file (with the MCAP chunk CRCs), once it is sure that no file
-    changed since: same names, sizes and mtimes as registered. Else a Failure naming the files."""
+    """The sha256 raw_drive computed for each file, once it is sure that no file changed since: same names,
+    sizes and mtimes as registered. Else a Failure naming the files."""
     record = lake.read_json(registry_path(market, drive_id))
     if record is None:
         raise Failure(description=f"drive {market}/{drive_id} is not registered: materialize its raw_drive first")
@@ -108,9 +108,10 @@ def registered_sha256(lake: Lake, market: str, drive_id: str, files: list[FileSt
 def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: str, log: Any) -> DecodedDrive:
     """Decode a registered drive into the lake atomically and profile it for the quality checks.
 
-    The DBCs are the market's current ones. The drive's files are read once: their hashes and chunk CRCs were
-    verified by raw_drive (reused, once the files are known unchanged) and the quality profiles are gathered
-    while the tables are written.
+    The DBCs are the market's current ones. The drive's files are read once: their hashes come from raw_drive
+    (reused, once the files are known unchanged), each MCAP chunk's CRC is verified as it is decompressed (raw_drive
+    checked the record structure only; a damaged chunk fails the drive and quarantines its file, as raw_drive
+    does with a bad file) and the quality profiles are gathered while the tables are written.
     """
     files = landing.drive_files(market, drive_id)
     kinds = {f.name: classify(Path(f.name)) for f in files}
@@ -133,8 +134,17 @@ def decode_one_drive(landing: LandingZone, lake: Lake, market: str, drive_id: st
         # The market's DBCs, plus any a drive brings for its own buses.
         dbcs = [stack.enter_context(landing.local_dbc(market, f.name)) for f in landing.dbc_files(market)]
         dbcs += [stack.enter_context(landing.local_file(market, drive_id, n)) for n, k in kinds.items() if k == "dbc"]
-        with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
-            report = decode_drive(inputs, out_dir, dbcs, log=log.info, sha256=sha256)
+        try:
+            with lake.write_dir(decoded_path(market, drive_id)) as out_dir:
+                report = decode_drive(inputs, out_dir, dbcs, log=log.info, sha256=sha256, fail_on_corrupt_chunk=True)
+        except CorruptChunk as exc:
+            name = Path(str(exc.file)).name
+            where = landing.quarantine(market, drive_id, name, exc.reason)
+            raise Failure(
+                description=f"drive {market}/{drive_id}: file {printable(name)} {exc.reason}. "
+                f"Quarantined to {printable(where)}.",
+                metadata={"file": name, "reason": exc.reason, "quarantined_to": where},
+            ) from exc
     profiles = drive_profiles((s.quality for s in report.streams if s.quality is not None), rates)
     lake.write_table(DECODED_STREAMS.path(market, drive_id), _streams_table(market, drive_id, report))
     return DecodedDrive(report, profiles)

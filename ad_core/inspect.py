@@ -143,8 +143,9 @@ def _mdf_structure(_send: Any, path: str) -> tuple[int, dict[str, int], float | 
     return start_ns, streams, first, last
 
 
-def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:
-    """Magic, summary, topic inventory and (optionally) every chunk's CRC of an MCAP file."""
+def inspect_mcap(path: Path) -> LogInventory:
+    """Magic, summary, topic inventory and record structure of an MCAP file (chunk contents: see
+    ``_check_structure``)."""
     from mcap.reader import make_reader
 
     _sniff(path, (MCAP_MAGIC,), "an MCAP file")
@@ -170,8 +171,8 @@ def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:
             if summary.statistics and summary.statistics.message_count:
                 inventory.start_ns = int(summary.statistics.message_start_time)
                 inventory.end_ns = int(summary.statistics.message_end_time)
-        if validate_crcs:
-            inventory.notes.append(f"{_check_chunks(path)} chunk CRCs valid")
+        indexed = {c.chunk_start_offset for c in summary.chunk_indexes} if summary is not None else set()
+        inventory.notes.append(f"{_check_structure(path, indexed)} chunks, record structure valid")
     except InvalidLogError:
         raise
     except Exception as exc:  # the library raises its own errors, but also bare struct/Unicode/LZ4 errors
@@ -181,36 +182,43 @@ def inspect_mcap(path: Path, *, validate_crcs: bool = True) -> LogInventory:
     return inventory
 
 
-def _check_chunks(path: Path) -> int:
-    """Decompress every chunk and compare its CRC: the decoder's chunk reader (zstd/lz4 and crc32 in native
-    code, ~3x the mcap library's stream reader). A file it cannot read, or one with messages outside chunks
-    (covered by the data-section CRC only), is read again by the library, whose error says what is wrong.
-    Returns the number of chunks."""
+def _check_structure(path: Path, indexed_chunks: set[int]) -> int:
+    """Walk every record without decompressing: bounds, chunk headers, and the chunks found where the summary's
+    chunk index says they are. Chunk contents (decompression, CRC) are verified by the decoder as it
+    decompresses them (decoded_signals quarantines a file whose chunk fails). A file the walk refuses, or one with
+    messages outside chunks (covered by the data-section CRC only), is read again by the mcap library with CRC
+    validation, whose error says what is wrong. Returns the number of chunks."""
     from mcap.records import Chunk
-    from mcap.stream_reader import StreamReader, get_chunk_data_stream
+    from mcap.stream_reader import StreamReader
 
     from ad_core.decode.mcap_chunks import OP_MESSAGE, McapReadError, parse_block, scan
 
-    chunks, fast_error = 0, None
+    chunks: list[int] = []
+    fast_error = None
     try:
-        for block in scan(path):
+        for block in scan(path, decompress=False):
             if block.chunk:
-                chunks += 1
+                chunks.append(block.offset)
             elif any(op == OP_MESSAGE for op, _start, _end in parse_block(block.data, block.offset)):
                 break
         else:
-            return chunks
+            if indexed_chunks and indexed_chunks != set(chunks):
+                missing = sorted(indexed_chunks - set(chunks))[:3]
+                raise InvalidLogError(
+                    path,
+                    f"MCAP damaged: the summary indexes {len(indexed_chunks)} chunks, the data section holds "
+                    f"{len(chunks)} (no chunk record at byte(s) {missing})"
+                    if missing
+                    else f"MCAP damaged: {len(set(chunks) - indexed_chunks)} chunk(s) missing from the summary index",
+                )
+            return len(chunks)
     except McapReadError as exc:
         fast_error = exc
-    chunks = 0
     with open(path, "rb") as fh:
-        for record in StreamReader(fh, emit_chunks=True, validate_crcs=True).records:
-            if isinstance(record, Chunk):
-                get_chunk_data_stream(record, validate_crc=True)
-                chunks += 1
-    if fast_error is not None:  # the library read past what the chunk reader refused
+        count = sum(isinstance(r, Chunk) for r in StreamReader(fh, emit_chunks=True, validate_crcs=True).records)
+    if fast_error is not None:  # the library read past what the walk refused
         raise InvalidLogError(path, f"MCAP damaged: {fast_error}")
-    return chunks
+    return count
 
 
 def inspect_manifest(path: Path) -> LogInventory:

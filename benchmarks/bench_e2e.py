@@ -9,6 +9,8 @@ included). Measured:
 
 * ``seconds``: from the end of the interpreter start and imports (``startup_seconds``: Python, Dagster, the
   definitions) to the end of run-once; ``mb_per_s`` over it, ``mb_per_s_with_startup`` over the whole process;
+  ``mb_per_s_through_synced`` up to the end of the ``synced_frames`` step (issue 15's path: landing, sensor,
+  raw_drive, decoded_signals, synced_frames; the run's later steps, drive_recording and odd_tags, left out);
 * ``steps``: each step's seconds, from the run's step stats in the Dagster instance; ``core_seconds``: the
   seconds ``decode_drive`` / ``sync_drive`` took inside their step (the step's ``seconds`` metadata);
 * ``peak_anon_mib``: the largest RssAnon (private memory) of any one process of the run: the run-once process,
@@ -125,6 +127,7 @@ def run_size(gb: float, data: Path, keep: bool) -> dict:
     seconds = child["done"] - child["ready"]
     decode_s = decode.get("seconds_inner", float("nan"))
     mb_per_s = size / 1e6 / seconds
+    through_synced = child["steps"]["synced_frames"][1] - child["ready"] if "synced_frames" in child["steps"] else None
     return {
         "size_gb_requested": gb,
         "size_bytes": size,
@@ -135,6 +138,8 @@ def run_size(gb: float, data: Path, keep: bool) -> dict:
         "core_seconds": child["core_seconds"],
         "mb_per_s": round(mb_per_s, 1),
         "mb_per_s_with_startup": round(size / 1e6 / total_s, 1),
+        "seconds_through_synced": round(through_synced, 3) if through_synced else None,
+        "mb_per_s_through_synced": round(size / 1e6 / through_synced, 1) if through_synced else None,
         "peak_anon_mib": run["peak_anon_mib_largest_process"],
         "peak_anon_mib_run_once": run["peak_anon_mib"],
         "peak_anon_mib_with_children": run["peak_anon_mib_with_children"],
@@ -142,6 +147,7 @@ def run_size(gb: float, data: Path, keep: bool) -> dict:
         "decode_only_mb_per_s": round(size / 1e6 / decode_s, 1),
         "decode_only_peak_anon_mib": decode["peak_anon_mib_largest_process"],
         "ratio_to_decode_only": round(mb_per_s / (size / 1e6 / decode_s), 3),
+        "ratio_through_synced_to_decode_only": round(decode_s / through_synced, 3) if through_synced else None,
         "floor_seconds": round(floor, 3),
         "outcomes": child["outcomes"],
         "load_average": os.getloadavg()[0],

@@ -7,12 +7,13 @@ See docs/data-contracts.md for the output contract.
 
 from .drive import decode_drive, decode_file, sniff_format
 from .parquet_out import FRAMES_PER_ROW_GROUP, read_frame
-from .report import DecodeError, DriveDecodeReport, StreamReport
+from .report import CorruptChunk, DecodeError, DriveDecodeReport, StreamReport
 from .version import DECODER_VERSION
 
 __all__ = [
     "DECODER_VERSION",
     "FRAMES_PER_ROW_GROUP",
+    "CorruptChunk",
     "DecodeError",
     "DriveDecodeReport",
     "StreamReport",

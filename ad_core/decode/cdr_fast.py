@@ -25,13 +25,14 @@ class Layout:
         self.structural = structural  # byte positions that must equal the template
 
 
-def decode_batch(layout: Layout, payloads: list[bytes]) -> tuple[dict[str, pa.Array], np.ndarray]:
-    """Columns for the payloads that fit the layout, and the boolean mask of those payloads."""
-    fits = np.array([len(p) == layout.length for p in payloads], dtype=bool)
+def decode_batch(layout: Layout, data: np.ndarray, bounds: np.ndarray) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Columns for the payloads that fit the layout, and the boolean mask of those payloads. Payload i is
+    ``data[bounds[i]:bounds[i + 1]]`` (payloads side by side in one uint8 array)."""
+    fits = np.diff(bounds) == layout.length
     idx = np.flatnonzero(fits)
     if not len(idx):
         return {}, fits
-    arr = np.frombuffer(b"".join(payloads[i] for i in idx), dtype=np.uint8).reshape(len(idx), layout.length)
+    arr = data[bounds[idx][:, None] + np.arange(layout.length)]  # one row of bytes per fitting message
     same = np.all(arr[:, layout.structural] == layout.template[layout.structural], axis=1)
     json_floats = [leaf for _, leaves in layout.json.values() for leaf in leaves if leaf[1].kind == "f"]  # type: ignore[attr-defined]
     if json_floats:  # json writes NaN where the template's repr would write nan: such messages go generic

@@ -19,7 +19,7 @@ from ad_common.memory import release_memory
 from .isolate import NativeCrash, run_isolated
 from .mcap_reader import McapDecoder
 from .parquet_out import SinkManager
-from .report import DecodeError, DriveDecodeReport, StreamReport
+from .report import CorruptChunk, DecodeError, DriveDecodeReport, StreamReport
 from .version import DECODER_VERSION
 
 
@@ -70,17 +70,20 @@ def decode_drive(
     *,
     log: Callable[[str], None] | None = None,
     sha256: Mapping[str, str] | None = None,
+    fail_on_corrupt_chunk: bool = False,
 ) -> DriveDecodeReport:
     """Decode one drive's files into ``out_dir`` (an existing, empty folder; the caller makes it atomic).
 
     ``sha256``: content hashes already verified by the caller (raw_drive's registry), by file name; those files
     are not hashed again (the caller made sure they have not changed since). Raises DecodeError when none of
     the files could be decoded at all. Per-file and per-stream problems are recorded in ``report.errors`` and
-    in the stream reports (status ``skipped`` / ``salvaged``).
+    in the stream reports (status ``skipped`` / ``salvaged``). An MCAP chunk that fails its CRC (or does not
+    decompress) ends that file's read, salvaging what came before; with ``fail_on_corrupt_chunk`` it raises
+    CorruptChunk instead (raw_drive checked the structure only: the file is damaged and gets quarantined).
     """
     try:
         with _relaxed_gc():
-            return _decode_drive(inputs, out_dir, dbc_files, log, dict(sha256 or {}))
+            return _decode_drive(inputs, out_dir, dbc_files, log, dict(sha256 or {}), fail_on_corrupt_chunk)
     finally:
         release_memory()
 
@@ -91,6 +94,7 @@ def _decode_drive(
     dbc_files: Sequence[Path],
     log: Callable[[str], None] | None,
     known_sha256: dict[str, str],
+    fail_on_corrupt_chunk: bool,
 ) -> DriveDecodeReport:
     t0 = time.perf_counter()
     logf = log or (lambda _m: None)
@@ -136,13 +140,15 @@ def _decode_drive(
         # MDF and MCAP decode concurrently (zstd, crc32, numpy copies and the Parquet writer release the GIL)
         mdf_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdf-decode")
         mdf_future = mdf_thread.submit(run_mdf) if mdf_files else None
-        mcap = McapDecoder(manager, DECODER_VERSION, logf)
+        mcap = McapDecoder(manager, DECODER_VERSION, logf, fail_on_corrupt_chunk=fail_on_corrupt_chunk)
         mcap_errors: list[str] = []
         try:
             for p in (p for p in files if kinds.get(p) == "mcap"):
                 t1 = time.perf_counter()
                 try:
                     n, note = mcap.read_file(p, base_meta, hash_file=p.name not in known_sha256)
+                except CorruptChunk:
+                    raise
                 except DecodeError as exc:
                     failed.append(str(exc))
                     continue

@@ -16,7 +16,12 @@ Why not mcap's reader: with ``validate_crcs=True`` it also checksums the whole d
 
 Any problem (bad magic, truncated record, CRC mismatch, decompression error, unknown compression, malformed
 records) ends the stream with an ``McapReadError`` carrying the byte offset of the record that failed;
-everything before it has been delivered, which is what salvage needs.
+everything before it has been delivered, which is what salvage needs. A chunk whose content is damaged (it does
+not decompress, to its declared size, with its CRC) also carries the chunk's ordinal (``chunk``).
+
+``scan(path, decompress=False)`` walks the same records without decompressing anything: every record's bounds,
+each chunk's header (compression known, records inside the record). That is raw_drive's structural check; the
+chunk contents are verified by the decoder, which decompresses them anyway.
 """
 
 from __future__ import annotations
@@ -60,12 +65,18 @@ _local = threading.local()  # one zstd decompression context per reading thread
 
 
 class McapReadError(Exception):
-    """The file could not be read past ``offset`` (byte offset of the failing record)."""
+    """The file could not be read past ``offset`` (byte offset of the failing record). ``chunk``: the 1-based
+    ordinal of the chunk whose content is damaged (decompression, size or CRC), None for other problems."""
 
-    def __init__(self, offset: int, cause: str) -> None:
+    def __init__(self, offset: int, cause: str, chunk: int | None = None) -> None:
         super().__init__(f"at byte {offset}: {cause}")
         self.offset = offset
         self.cause = cause
+        self.chunk = chunk
+
+
+class ChunkDamaged(ValueError):
+    """A chunk's content does not decompress, to its declared size, with its CRC."""
 
 
 @dataclass(slots=True)
@@ -87,13 +98,15 @@ def decompress(compression: str, data: bytes | memoryview, size: int) -> bytes:
         if lz4_frame is None:  # pragma: no cover
             raise ValueError("lz4 chunk compression needs the lz4 package")
         return lz4_frame.decompress(data)
-    raise ValueError(f"unsupported chunk compression {compression!r}")
+    raise ValueError(f"unsupported chunk compression {compression!r}")  # chunk_header refused it already
 
 
-def read_chunk(content: bytes | memoryview) -> tuple[bytes, str]:
-    """Chunk record content -> (uncompressed, CRC-checked records, compression). Raises ValueError.
+SUPPORTED_COMPRESSIONS = ("", "zstd", "lz4")
 
-    ``content`` may be a view of a reused read buffer: the result never refers to it."""
+
+def chunk_header(content: bytes | memoryview) -> tuple[int, int, str, int, int]:
+    """Chunk record content -> (uncompressed_size, uncompressed_crc, compression, records start, records length).
+    Raises ValueError when the header does not fit the record or names an unknown compression."""
     if len(content) < _CHUNK_HEAD.size:
         raise ValueError("chunk record too short")
     _start, _end, usize, ucrc, clen = _CHUNK_HEAD.unpack_from(content, 0)
@@ -104,30 +117,45 @@ def read_chunk(content: bytes | memoryview) -> tuple[bytes, str]:
         raise ValueError("chunk record too short")
     (rlen,) = _U64.unpack_from(content, pos)
     pos += 8
+    if compression not in SUPPORTED_COMPRESSIONS:
+        raise ValueError(f"unsupported chunk compression {compression!r}")
+    return usize, ucrc, compression, pos, rlen
+
+
+def read_chunk(content: bytes | memoryview) -> tuple[bytes, str]:
+    """Chunk record content -> (uncompressed, CRC-checked records, compression). Raises ValueError for a bad
+    header, ChunkDamaged for damaged content.
+
+    ``content`` may be a view of a reused read buffer: the result never refers to it."""
+    usize, ucrc, compression, pos, rlen = chunk_header(content)
     if pos + rlen > len(content):
         raise ValueError(f"chunk records length {rlen} exceeds the record")
     payload = memoryview(content)[pos : pos + rlen]
     try:
         data = decompress(compression, payload, usize)
-    except ValueError:
-        raise
     except Exception as exc:  # zstd.ZstdError, lz4 RuntimeError
-        raise ValueError(f"{compression} decompression failed: {type(exc).__name__}: {exc}") from exc
+        raise ChunkDamaged(f"{compression} decompression failed: {type(exc).__name__}: {exc}") from exc
     if len(data) != usize:
-        raise ValueError(f"chunk decompressed to {len(data)} bytes, uncompressed_size says {usize}")
+        raise ChunkDamaged(f"chunk decompressed to {len(data)} bytes, uncompressed_size says {usize}")
     if ucrc:
         crc = crc32(data)
         if crc != ucrc:
-            raise ValueError(f"chunk CRC mismatch (expected {ucrc:#010x}, computed {crc:#010x})")
+            raise ChunkDamaged(f"chunk CRC mismatch (expected {ucrc:#010x}, computed {crc:#010x})")
     return data, compression
 
 
-def scan(path: Path, stop: threading.Event | None = None, hasher: Any = None) -> Iterator[Block]:
+CHUNK_HEADER_READ = 4096  # structural check: the part of a chunk record read for its header
+
+
+def scan(
+    path: Path, stop: threading.Event | None = None, hasher: Any = None, *, decompress: bool = True
+) -> Iterator[Block]:
     """Yield the blocks of an MCAP file in file order; raise McapReadError where reading stops.
 
     With ``hasher`` (a hashlib object) every byte of the file is fed to it as it is read (records that are not
     needed are read instead of skipped), so the file's SHA-256 needs no second pass; complete only when the
-    generator finishes without error."""
+    generator finishes without error. ``decompress=False``: chunk records are checked by their header only and
+    yielded as empty chunk blocks (the structural check)."""
     size = path.stat().st_size
     with open(path, "rb", buffering=1 << 16) as fh:  # large reads bypass the buffer
         head = fh.read(8)
@@ -141,6 +169,7 @@ def scan(path: Path, stop: threading.Event | None = None, hasher: Any = None) ->
         run_start = -1
         rbuf = bytearray(8 << 20)
         in_data = True
+        chunks = 0
         while True:
             if stop is not None and stop.is_set():
                 return
@@ -185,6 +214,12 @@ def scan(path: Path, stop: threading.Event | None = None, hasher: Any = None) ->
                 if run:
                     yield Block(run_start, bytes(run), False)
                     run.clear()
+                chunks += 1
+                if not decompress:
+                    _check_chunk_header(fh, pos, length, rbuf, update)
+                    yield Block(pos, b"", True)
+                    pos = end
+                    continue
                 if len(rbuf) < length:  # compressed chunks are read into one reused buffer (no page faults)
                     rbuf = bytearray(max(length, 2 * len(rbuf)))
                 view = memoryview(rbuf)[:length]
@@ -192,6 +227,8 @@ def scan(path: Path, stop: threading.Event | None = None, hasher: Any = None) ->
                     raise McapReadError(pos, "truncated chunk record")
                 try:
                     data, _comp = read_chunk(view)
+                except ChunkDamaged as exc:
+                    raise McapReadError(pos, str(exc), chunk=chunks) from exc
                 except ValueError as exc:
                     raise McapReadError(pos, str(exc)) from exc
                 finally:
@@ -212,6 +249,24 @@ def scan(path: Path, stop: threading.Event | None = None, hasher: Any = None) ->
             else:  # header, indexes, attachments, metadata, statistics, summary offsets, summary records, unknown
                 _skip(fh, length, rbuf, update)
             pos = end
+
+
+def _check_chunk_header(fh: Any, pos: int, length: int, buf: bytearray, update: Any) -> None:
+    """Read the head of the chunk record at ``pos`` (the file is just past its prefix), check it, skip the rest."""
+    n = min(length, CHUNK_HEADER_READ)
+    head = memoryview(buf)[:n]
+    try:
+        if _read_into(fh, head, update) != n:
+            raise McapReadError(pos, "truncated chunk record")
+        try:
+            _usize, _ucrc, _compression, start, rlen = chunk_header(head)
+        except ValueError as exc:
+            raise McapReadError(pos, str(exc)) from exc
+        if start + rlen > length:
+            raise McapReadError(pos, f"chunk records length {rlen} exceeds the record")
+    finally:
+        head.release()
+    _skip(fh, length - n, buf, update)
 
 
 def _read_into(fh: Any, view: memoryview, update: Any) -> int:

@@ -39,7 +39,6 @@ from mcap_ros2.decoder import DecoderFactory as Ros2DecoderFactory
 from .cdr_fast import decode_batch
 from .errors import describe_mcap_error
 from .mcap_chunks import (
-    MSG_HEAD,
     OP_CHANNEL,
     OP_MESSAGE,
     OP_SCHEMA,
@@ -50,7 +49,7 @@ from .mcap_chunks import (
     parse_schema,
 )
 from .parquet_out import SinkManager, StreamSink, snake
-from .report import DecodeError, StreamReport
+from .report import CorruptChunk, DecodeError, StreamReport
 from .ros2_types import Unsupported, computed_layout, rosbags_decoder
 
 IMAGE_SCHEMAS = ("CompressedImage", "RawImage", "Image", "CompressedVideo")
@@ -323,6 +322,69 @@ def _append_row(t: _Topic, row: dict[str, Any], log_time: int, publish_time: int
     t.rows.append(row)
 
 
+# ------------------------------------------------------------------ message batches
+@dataclass(slots=True)
+class _Messages:
+    """Messages of one channel in one block, as arrays: payload [start, end) in the block buffer, log and publish
+    time (int64 ns)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    log_time: np.ndarray
+    publish_time: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def rows(self) -> Any:
+        """(start, end, log_time, publish_time) per message, as Python ints."""
+        return zip(
+            self.start.tolist(), self.end.tolist(), self.log_time.tolist(), self.publish_time.tolist(), strict=True
+        )
+
+    def take(self, index: Any) -> _Messages:
+        return _Messages(self.start[index], self.end[index], self.log_time[index], self.publish_time[index])
+
+
+_NO_MESSAGES = _Messages(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+_BYTE_RANGE = np.arange(8)
+
+
+def _gather(u8: np.ndarray, offsets: np.ndarray, dtype: str) -> np.ndarray:
+    """The little-endian ``dtype`` value at each byte offset of ``u8`` (one fancy-indexing gather)."""
+    width = np.dtype(dtype).itemsize
+    return u8[offsets[:, None] + _BYTE_RANGE[:width]].view(dtype).reshape(-1)
+
+
+@dataclass
+class _CdrPending:
+    """A topic's cdr messages waiting for their batch: payloads copied out of their chunks side by side (no chunk
+    kept alive), with per message its bounds in that copy and its times."""
+
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, buf: bytes, msgs: _Messages) -> None:
+        lengths = msgs.end - msgs.start
+        bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        index = np.repeat(msgs.start - bounds[:-1], lengths) + np.arange(bounds[-1])
+        self.parts.append((np.frombuffer(buf, dtype=np.uint8)[index], bounds, msgs.log_time, msgs.publish_time))
+        self.count += len(msgs)
+
+    def joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(payload bytes, bounds (n + 1), log times, publish times) of every pending message, in order."""
+        if len(self.parts) == 1:
+            return self.parts[0]
+        base = np.cumsum([0] + [len(data) for data, *_ in self.parts])  # where each part's bytes start
+        return (
+            np.concatenate([data for data, *_ in self.parts]),
+            np.concatenate([b[:-1] + o for (_, b, _, _), o in zip(self.parts, base[:-1], strict=True)] + [base[-1:]]),
+            np.concatenate([lt for _, _, lt, _ in self.parts]),
+            np.concatenate([pt for *_, pt in self.parts]),
+        )
+
+
 # ------------------------------------------------------------------ per topic
 @dataclass
 class _Topic:
@@ -340,7 +402,7 @@ class _Topic:
     first_failure: str | None = None
     files: list[str] = field(default_factory=list)
     messages_seen: int = 0
-    raw: list[tuple[bytes, int, int]] = field(default_factory=list)  # cdr batch path
+    raw: _CdrPending = field(default_factory=_CdrPending)  # cdr batch path
     layout: Any = None
     layout_failed: bool = False
     rows_bytes: int = 0  # frame topics: payload bytes buffered in ``rows``
@@ -353,8 +415,16 @@ class _Topic:
 
 
 class McapDecoder:
-    def __init__(self, manager: SinkManager, decoder_version: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        manager: SinkManager,
+        decoder_version: str,
+        log: Callable[[str], None],
+        *,
+        fail_on_corrupt_chunk: bool = False,
+    ) -> None:
         self.manager = manager
+        self.fail_on_corrupt_chunk = fail_on_corrupt_chunk
         self.decoder_version = decoder_version
         self.log = log
         self.factories = [Ros2DecoderFactory(), ProtobufDecoderFactory()]
@@ -427,7 +497,8 @@ class McapDecoder:
 
     # ---------------------------------------------------------------- reading
     def read_file(self, path: Path, file_metadata: dict[str, str], *, hash_file: bool = True) -> tuple[int, str | None]:
-        """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError.
+        """Decode one MCAP file. Returns (messages read, salvage note or None). Raises DecodeError (CorruptChunk
+        for a damaged chunk when ``fail_on_corrupt_chunk``).
 
         ``hash_file``: hash it while reading (False when its sha256 is known already)."""
         by_channel: dict[int, _Topic] = {}
@@ -447,6 +518,10 @@ class McapDecoder:
             if isinstance(exc, McapReadError):
                 pos = exc.offset if exc.offset >= 0 else size
                 cause = exc.cause
+                if exc.chunk is not None and self.fail_on_corrupt_chunk:
+                    raise CorruptChunk(
+                        str(path), f"MCAP damaged: chunk {exc.chunk} (the record at byte {pos} of {size}): {cause}"
+                    ) from exc
             else:
                 pos = size
                 cause = describe_mcap_error(exc)
@@ -478,26 +553,16 @@ class McapDecoder:
         channels: dict[int, Channel],
         by_channel: dict[int, _Topic],
     ) -> int:
-        """Split one block into records; messages are grouped per channel and handed over per topic in order."""
-        pending: dict[int, list[tuple[int, int, int, int]]] = {}
-        bad_times: dict[int, list[int]] = {}  # channel -> [count, record start, log_time, publish_time]
-        unpack_msg = MSG_HEAD.unpack_from
+        """Split one block into records; messages are grouped per channel and handed over per topic in order.
+
+        Only the walk from record to record is per-record Python; the message headers (channel, times) are
+        gathered for the whole block at once."""
+        starts: list[int] = []  # content start of every message record
         for op, start, pos in parse_block(buf, offset):
             if op == OP_MESSAGE:
                 if pos - start < 22:
                     raise McapReadError(offset, "malformed message record")
-                cid, _seq, log_time, publish_time = unpack_msg(buf, start)
-                if log_time > INT64_MAX or publish_time > INT64_MAX:
-                    bad = bad_times.get(cid)
-                    if bad is None:
-                        bad_times[cid] = [1, start, log_time, publish_time]
-                    else:
-                        bad[0] += 1
-                    continue
-                lst = pending.get(cid)
-                if lst is None:
-                    lst = pending[cid] = []
-                lst.append((start + 22, pos, log_time, publish_time))
+                starts.append(start)
             elif op == OP_SCHEMA:
                 try:
                     sid, name, enc, data = parse_schema(buf, start, pos)
@@ -510,9 +575,35 @@ class McapDecoder:
                 except (ValueError, struct.error, UnicodeDecodeError) as exc:
                     raise McapReadError(offset, f"malformed channel record: {exc}") from exc
                 channels[cid] = Channel(id=cid, schema_id=sid, topic=topic, message_encoding=enc, metadata=meta)
+        pending: dict[int, _Messages] = {}
+        bad_times: dict[int, list[int]] = {}  # channel -> [count, record start, log_time, publish_time]
+        if starts:
+            u8 = np.frombuffer(buf, dtype=np.uint8)
+            record = np.array(starts, dtype=np.int64)
+            end = record + _gather(u8, record - 8, "<u8").astype(np.int64)
+            channel_ids = _gather(u8, record, "<u2")
+            log_time = _gather(u8, record + 6, "<u8")
+            publish_time = _gather(u8, record + 14, "<u8")
+            bad = (log_time > INT64_MAX) | (publish_time > INT64_MAX)
+            if bad.any():  # not representable as int64 ns: counted per channel, the first one kept for the report
+                for i in np.flatnonzero(bad).tolist():
+                    counted = bad_times.setdefault(
+                        int(channel_ids[i]), [0, starts[i], int(log_time[i]), int(publish_time[i])]
+                    )
+                    counted[0] += 1
+                good = ~bad
+                record, end, channel_ids = record[good], end[good], channel_ids[good]
+                log_time, publish_time = log_time[good], publish_time[good]
+            msgs = _Messages(record + 22, end, log_time.astype(np.int64), publish_time.astype(np.int64))
+            ids, first = np.unique(channel_ids, return_index=True)
+            if len(ids) == 1:
+                pending[int(ids[0])] = msgs
+            else:
+                for cid in ids[np.argsort(first)].tolist():
+                    pending[cid] = msgs.take(np.flatnonzero(channel_ids == cid))
         count = 0
         for cid in bad_times.keys() - pending.keys():
-            pending[cid] = []
+            pending[cid] = _NO_MESSAGES
         for cid, msgs in pending.items():
             t = by_channel.get(cid)
             if t is None:
@@ -544,29 +635,28 @@ class McapDecoder:
                 self._add_many(t, buf, msgs, file_metadata, source)
         return count
 
-    def _add_many(
-        self, t: _Topic, buf: bytes, msgs: list[tuple[int, int, int, int]], file_metadata: dict[str, str], source: str
-    ) -> None:
+    def _add_many(self, t: _Topic, buf: bytes, msgs: _Messages, file_metadata: dict[str, str], source: str) -> None:
         if t.encoding == "cdr" and not t.layout_failed:
             self._ensure_sink(t, file_metadata, source)
-            raw = t.raw
-            for i, (a, b, log_time, publish_time) in enumerate(msgs):
-                raw.append((buf[a:b], log_time, publish_time))
-                if len(raw) >= FLUSH_ROWS:
+            done = 0
+            while done < len(msgs):  # batches of exactly FLUSH_ROWS messages, whatever the blocks
+                take = min(len(msgs) - done, FLUSH_ROWS - t.raw.count)
+                t.raw.add(buf, msgs.take(slice(done, done + take)))
+                done += take
+                if t.raw.count >= FLUSH_ROWS:
                     self._push(t)
-                    raw = t.raw
                     if t.layout_failed:  # the rest goes through the generic path
-                        self._add_many(t, buf, msgs[i + 1 :], file_metadata, source)
+                        self._add_many(t, buf, msgs.take(slice(done, None)), file_metadata, source)
                         return
             return
         if t.encoding == "protobuf" and not t.proto_ready:
-            self._setup_proto(t, buf[msgs[0][0] : msgs[0][1]])
+            self._setup_proto(t, buf[int(msgs.start[0]) : int(msgs.end[0])])
         frames = t.kind in ("image", "pointcloud")
         limit = FRAME_FLUSH_ROWS if frames else FLUSH_ROWS
         splitter = t.splitter
         decode, flatten = t.decode, t.flatten
         assert decode is not None and flatten is not None
-        for a, b, log_time, publish_time in msgs:
+        for a, b, log_time, publish_time in msgs.rows():
             try:
                 row = splitter.row(buf, a, b) if splitter is not None else flatten(decode(buf[a:b]))
             except Exception as exc:
@@ -619,7 +709,7 @@ class McapDecoder:
             )
 
     def _push(self, t: _Topic) -> None:
-        if t.raw:
+        if t.raw.count:
             self._push_cdr(t)
         if not t.rows or t.sink is None:
             return
@@ -628,21 +718,28 @@ class McapDecoder:
         t.sink.append(table)
 
     def _push_cdr(self, t: _Topic) -> None:
-        raw, t.raw = t.raw, []
+        data, bounds, log_time, publish_time = t.raw.joined()
+        t.raw = _CdrPending()
         assert t.decode is not None and t.flatten is not None and t.sink is not None
-        fits = np.zeros(len(raw), dtype=bool)
+
+        def payload(i: int) -> bytes:
+            return data[bounds[i] : bounds[i + 1]].tobytes()
+
+        fits = np.zeros(len(bounds) - 1, dtype=bool)
         if t.layout is None and not t.layout_failed and t.kind == "signals":
-            t.layout = computed_layout(t.schema_name, t.schema_text, raw[0][0])
+            t.layout = computed_layout(t.schema_name, t.schema_text, payload(0))
             t.layout_failed = t.layout is None
         if t.layout is not None:
-            cols, fits = decode_batch(t.layout, [r[0] for r in raw])
+            cols, fits = decode_batch(t.layout, data, bounds)
             idx = np.flatnonzero(fits)
-            if len(idx) and not self._check(t, cols, raw[idx[0]][0]):
-                t.layout, t.layout_failed, fits = None, True, np.zeros(len(raw), dtype=bool)
+            if len(idx) and not self._check(t, cols, payload(idx[0])):
+                t.layout, t.layout_failed, fits = None, True, np.zeros(len(bounds) - 1, dtype=bool)
             elif len(idx):
-                lt = np.fromiter((raw[i][1] for i in idx), dtype=np.int64, count=len(idx))
-                pt = np.fromiter((raw[i][2] for i in idx), dtype=np.int64, count=len(idx))
-                arrays = {"timestamp_ns": pa.array(lt), **cols, "publish_time_ns": pa.array(pt)}
+                arrays = {
+                    "timestamp_ns": pa.array(log_time[idx]),
+                    **cols,
+                    "publish_time_ns": pa.array(publish_time[idx]),
+                }
                 for sec, nsec in (("header.stamp.sec", "header.stamp.nanosec"),):
                     if sec in cols and nsec in cols:
                         hs = cols[sec].to_numpy().astype(np.int64) * 1_000_000_000 + cols[nsec].to_numpy().astype(
@@ -650,9 +747,8 @@ class McapDecoder:
                         )
                         arrays["header_stamp_ns"] = pa.array(hs)
                 t.sink.append(pa.table(arrays))
-        for i in np.flatnonzero(~fits):
-            payload, log_time, publish_time = raw[i]
-            self._add_decoded(t, payload, log_time, publish_time)
+        for i in np.flatnonzero(~fits).tolist():
+            self._add_decoded(t, payload(i), int(log_time[i]), int(publish_time[i]))
 
     def _check(self, t: _Topic, cols: dict[str, pa.Array], payload: bytes) -> bool:
         row = t.flatten(t.decode(payload))  # type: ignore[misc]

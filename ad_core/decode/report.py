@@ -16,6 +16,16 @@ class DecodeError(Exception):
         self.stream = stream
 
 
+class CorruptChunk(DecodeError):
+    """An MCAP chunk whose content is damaged (does not decompress, to its declared size, with its CRC), raised
+    instead of salvaging when the caller asked (``decode_drive(fail_on_corrupt_chunk=True)``). ``reason`` names
+    the chunk and the problem, without the file name."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file.rsplit('/', 1)[-1]}: {reason}", file=file)
+        self.reason = reason
+
+
 @dataclass
 class StreamReport:
     name: str

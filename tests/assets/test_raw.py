@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, materialize
 
-from ad_assets import raw
+from ad_assets import decoded, raw
+from ad_common.lake_layout import decoded_path
+from ad_resources.quality import GreatExpectationsResource
 from tests.support.platform import LocalPlatform
 
 pytestmark = pytest.mark.realdata
@@ -140,7 +142,11 @@ def test_line_ending_mangled_and_truncated_mcaps_are_rejected_with_the_reason(
     assert "truncated" in failure_message(platform.materialize("de-cut"))
 
 
-def test_corrupt_chunk_fails_its_crc(platform: Platform, shared_data: Path, tmp_path: Path) -> None:
+def test_a_corrupt_chunk_passes_raw_drive_and_fails_decoded_signals_which_quarantines_the_file(
+    platform: Platform, shared_data: Path, tmp_path: Path
+) -> None:
+    """raw_drive checks the record structure only; the one decompression, in decoded_signals, checks each chunk's
+    CRC: a damaged chunk fails that drive naming the file and the chunk, quarantines the file, writes nothing."""
     from mcap.reader import make_reader
 
     with open(shared_data / GOOD_MCAP, "rb") as fh:
@@ -149,9 +155,30 @@ def test_corrupt_chunk_fails_its_crc(platform: Platform, shared_data: Path, tmp_
     data[chunk.chunk_start_offset + chunk.chunk_length // 2] ^= 0x01  # one flipped bit inside the chunk
     corrupt = tmp_path / "flip.mcap"
     corrupt.write_bytes(bytes(data))
-    platform.land("de-flip", corrupt)
-    message = failure_message(platform.materialize("de-flip"))
-    assert "flip.mcap" in message and "MCAP" in message
+    platform.land("de-flip", corrupt, shared_data / GOOD_MF4)
+    platform.land("de-fine", shared_data / GOOD_MCAP)
+    resources = {"landing": platform.landing, "lake": platform.lake, "great_expectations": GreatExpectationsResource()}
+    assets = [RAW_DRIVE, *decoded.definitions("de").assets]
+
+    def run(drive: str):  # type: ignore[no-untyped-def]
+        return materialize(
+            assets, partition_key=drive, instance=platform.instance, raise_on_error=False, resources=resources
+        )
+
+    flip = run("de-flip")
+    assert not flip.success
+    assert {m.asset_key for m in flip.get_asset_materialization_events()} == {AssetKey(["de", "raw_drive"])}
+    message = failure_message(flip)
+    assert message.startswith("drive de/de-flip: file flip.mcap MCAP damaged: chunk 1 (the record at byte "), message
+    assert "Quarantined to" in message
+    quarantined = platform.root / "_quarantine" / "de" / "de-flip"
+    assert (quarantined / "flip.mcap").read_bytes() == bytes(data)
+    assert "chunk 1" in json.loads((quarantined / "flip.mcap.reason.json").read_text())["reason"]
+    assert not (platform.root / "de" / "de-flip" / "flip.mcap").exists()
+    assert not (Path(platform.lake.root) / decoded_path("de", "de-flip")).exists()  # nothing half-written
+    retry = platform.materialize("de-flip")
+    assert not retry.success and "quarantined files" in failure_message(retry)
+    assert run("de-fine").success
 
 
 def test_a_drive_of_many_files_logs_one_line_and_bounds_its_event(platform: Platform, shared_data: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ad_core.decode import DecodeError, decode_drive, decode_file
+from ad_core.decode import CorruptChunk, DecodeError, decode_drive, decode_file
 from ad_core.inspect import InvalidLogError, inspect_mcap, inspect_mdf4
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,7 +243,6 @@ def test_a_dbc_without_messages_is_rejected_naming_the_file(shared_data: Path, t
     [
         (10, "EndOfFile", "truncated or corrupt record (a record is cut short"),
         (17, "UnicodeDecodeError", "corrupt record (a text field such as a topic or schema name is not valid UTF-8)"),
-        (89, "RuntimeError", "corrupt compressed chunk (it does not decompress)"),
         (93, "MemoryError", "corrupt record (a length or offset field declares an impossible value)"),
         (10155, "error", "truncated or corrupt record"),  # struct.error
     ],
@@ -260,3 +259,21 @@ def test_mcap_library_exceptions_become_what_is_wrong_with_the_file(
         inspect_mcap(damaged)
     assert raised.value.reason.startswith(f"MCAP damaged: {words}"), raised.value.reason
     assert type(raised.value.__cause__).__name__ == cause  # the raw exception stays the cause
+
+
+def test_a_chunk_that_does_not_decompress_passes_the_structure_check_and_fails_the_decoder(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """raw_drive walks the records without decompressing; the decoder, which decompresses every chunk anyway, names
+    the damaged one (decoded_signals then quarantines the file)."""
+    data = bytearray((shared_data / "mcap/depthai__recording.mcap").read_bytes())
+    data[89] ^= 0xFF  # inside the first chunk's lz4 frame
+    damaged = tmp_path / "damaged.mcap"
+    damaged.write_bytes(bytes(data))
+    assert "record structure valid" in "; ".join(inspect_mcap(damaged).notes)
+    with pytest.raises(CorruptChunk) as raised:
+        decode_drive([damaged], tmp_path / "out", fail_on_corrupt_chunk=True)
+    assert raised.value.reason.startswith("MCAP damaged: chunk 1 (the record at byte "), raised.value.reason
+    assert "lz4 decompression failed: RuntimeError" in raised.value.reason
+    with pytest.raises(DecodeError, match=r"damaged\.mcap: not readable as MCAP: lz4 decompression failed"):
+        decode_drive([damaged], tmp_path / "out2")  # without: nothing before it to salvage

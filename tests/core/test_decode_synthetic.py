@@ -24,7 +24,16 @@ from mcap.writer import Writer as RawWriter
 from mcap_protobuf.schema import build_file_descriptor_set
 from mcap_protobuf.writer import Writer as PbWriter
 
-from ad_core.decode import DecodeError, decode_drive, decode_file, mcap_chunks, mcap_reader, parquet_out, read_frame
+from ad_core.decode import (
+    CorruptChunk,
+    DecodeError,
+    decode_drive,
+    decode_file,
+    mcap_chunks,
+    mcap_reader,
+    parquet_out,
+    read_frame,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000_000_000
@@ -395,6 +404,15 @@ def test_chunk_reader_corrupt_chunk(tmp_path: Path, compression) -> None:
         assert "CRC mismatch" in s.error
     kv = pq.ParquetFile(s.parquet).metadata.metadata  # not read to the end: hashed separately
     assert kv[b"source_sha256"].decode() == hashlib.sha256(bytes(bad)).hexdigest()
+    # raw_drive's structural walk does not decompress: the damage is the decoder's to find, and asked to, it fails
+    # naming the chunk instead of salvaging
+    assert [b.chunk for b in mcap_chunks.scan(tmp_path / "crc.mcap", decompress=False)].count(True) == len(chunks)
+    with pytest.raises(CorruptChunk) as raised:
+        decode_drive([tmp_path / "crc.mcap"], tmp_path / "out3", fail_on_corrupt_chunk=True)
+    assert str(raised.value).startswith(
+        f"crc.mcap: MCAP damaged: chunk 3 (the record at byte {third.chunk_start_offset} of {len(data)}): "
+    )
+    assert raised.value.reason.startswith("MCAP damaged: chunk 3 ")
     # the first chunk corrupt: nothing readable -> a clear error naming the file and the byte offset
     first = chunks[0]
     bad = bytearray(data)
