@@ -40,7 +40,7 @@ from ad_common.lake_layout import search_best_params_path, train_run_dir
 from ad_common.stages import CURATED_SPLITS, MODEL_SEARCH, TRAINED_MODEL, TRAINING_SHARDS
 from ad_core.train import registry
 from ad_core.train.data import ImageSpec, SplitFrames, read_manifest, select_split
-from ad_core.train.loop import TrainParams, evaluate_frames, predict, predict_dataset, train
+from ad_core.train.loop import TrainParams, evaluate_frames, predict, predict_dataset, robust_scale, train
 from ad_core.train.mlflow_io import load_model, log_model
 from ad_core.train.model import PilotNet
 from ad_core.train.shards import ShardSplit, ShardStream, join_uri, load_split, read_uri, write_uri
@@ -350,7 +350,7 @@ def train_market(
             val=val_set.shards,
             params=params,
             target_mean=float(targets.mean()),
-            target_scale=float(targets.std()),
+            target_scale=robust_scale(targets),
             output_uri=lake.uri(run_dir),
             mlflow_tracking_uri=job_tracking_uri(tracking.tracking_uri),
             mlflow_run_id=run.info.run_id,

@@ -140,3 +140,12 @@ def test_a_job_file_never_carries_the_tracking_stores_password(tmp_path: Path, m
     log(EpochStats(epoch=0, train_loss=0.25, train_frames=10, train_seconds=2.0, val_mae=1.5, learning_rate=1e-3))
     metrics = client.get_run(run.info.run_id).data.metrics
     assert metrics == {"train_loss": 0.25, "train_frames_per_s": 5.0, "val_mae": 1.5}
+
+
+def test_the_training_scale_is_set_by_the_road_not_by_a_few_junction_turns() -> None:
+    from ad_core.train.loop import robust_scale
+
+    road = np.random.default_rng(0).normal(0.0, 2.0, 1000)  # deg
+    with_turns = np.r_[road, np.full(30, 120.0)]  # a junction turn: 3 % of the frames
+    assert with_turns.std() > 15 and 2.0 < robust_scale(with_turns) < 5.0
+    assert robust_scale(np.zeros(100)) == 1.0 and robust_scale(np.zeros(0)) == 1.0  # never divides by ~0
