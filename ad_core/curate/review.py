@@ -130,8 +130,8 @@ def write_review(
 def _write_fiftyone(root: Path, frames: list[SampledFrame]) -> None:
     """FiftyOne's ``FiftyOneImageClassificationDataset`` layout per split: ``data/`` + ``labels.json``.
 
-    The label is the frame's full ODD (``road_type/time_of_day/weather``); ``samples.json`` beside it keeps the
-    drive, frame and each tag for import as sample fields.
+    The label is the frame's full ODD (``road_type/time_of_day/weather/manoeuvre``); ``samples.json`` beside it
+    keeps the drive, frame and each tag for import as sample fields.
     """
     for split in SPLITS:
         mine = {f.name: f for f in frames if f.split == split}
