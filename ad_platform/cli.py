@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         instance=instance, raise_on_error=False, run_config=_quiet()
     )
     print("  trained models (per market, on its latest curated splits)")
-    trained = train_models_once(defs, instance, markets, console_log_level="CRITICAL", training=DEMO_TRAINING)
+    trained = train_models_once(defs, instance, markets, console_log_level="CRITICAL", training={"epochs": args.epochs})
     print("\nalerts (logged; set AD_ALERT_WEBHOOK_URL to POST them):")
     send_alerts_once(defs, instance)
     total = time.monotonic() - started
@@ -227,7 +227,7 @@ def _print_metadata_catalog_summary(run: ExecuteInProcessResult) -> None:
 
 # The demo trains small so `make demo` stays short: 5 epochs over the market's training shards, 1 rank (3 left DE
 # at 0.57 x its baseline). docs/models.md has the full-size figures, docs/training-at-scale.md the multi-rank ones.
-DEMO_TRAINING = {"epochs": 5}
+DEMO_EPOCHS = 5
 
 
 # ---- demo step: compiled engines (issue 14) -------------------------------------------------------------------
@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--markets", default="de,us,cn,jp")
     demo.add_argument("--minutes", type=float, default=1.0)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs of each market's model")
     demo.add_argument(
         "--no-bad-drives",
         dest="with_bad_drives",

@@ -99,7 +99,20 @@ def test_demo_command_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AD_", "DAGSTER_HOME"))}
     env["AD_STATE_DIR"] = str(state)
     demo = subprocess.run(
-        [sys.executable, "-m", "ad_platform", "demo", "--drives", "3", "--markets", "de,jp", "--minutes", "0.4"],
+        [
+            sys.executable,
+            "-m",
+            "ad_platform",
+            "demo",
+            "--drives",
+            "3",
+            "--markets",
+            "de,jp",
+            "--minutes",
+            "0.4",
+            "--epochs",
+            "1",
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
