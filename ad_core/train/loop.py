@@ -11,6 +11,7 @@ import contextlib
 import copy
 import ctypes
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -90,6 +91,9 @@ def limit_malloc_arenas() -> None:
 
 
 def seed_everything(seed: int, threads: int) -> None:
+    # Deterministic cuBLAS needs a fixed workspace, set before its first call: without it, deterministic mode raises
+    # at the first matrix product on a GPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
