@@ -114,9 +114,11 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         loggers=platform_loggers(),  # console + structured JSON lines (docs/observability.md)
         # Launched runs (UI, sensors, backfills) run each step in its own process. The default start method,
         # spawn, imports the whole graph (torch, MLflow, dbt) again in every step; a forkserver that has
-        # imported it once forks ready step processes.
+        # imported it once forks ready step processes; Great Expectations too, which the checks of the ingest steps
+        # import otherwise, 3-8 s each.
         executor=multiprocess_executor.configured(
-            {"start_method": {"forkserver": {"preload_modules": [__name__]}}}, name="multiprocess_forkserver"
+            {"start_method": {"forkserver": {"preload_modules": [__name__, "great_expectations"]}}},
+            name="multiprocess_forkserver",
         ),
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).
         resources={

@@ -3,34 +3,23 @@
 ``dagster-ge`` only supports GX 0.x, so this small resource runs GX 1.x itself: an ephemeral context, a
 pandas dataframe batch, a validation definition per suite. Expectations run on the small profile tables of
 ``ad_core.quality.profile`` (one row per stream or per signal), never on whole drives.
+
+GX is imported by the first validation of a process, on the thread that validates (launched runs have it from
+the step forkserver's preload, ``ad_platform/definitions.py``). Never on a background thread: its import pulls in
+sqlalchemy.orm, scipy, protobuf and more, and a thread importing them while the step's own thread imported one of
+them handed the step a half-imported module (``partially initialized module 'sqlalchemy.orm.exc'``).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource
 
-_IMPORT_LOCK = threading.Lock()
-_IMPORTING: list[threading.Thread] = []
-
-
-def _import_great_expectations() -> None:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home
-    import great_expectations  # noqa: F401
-
-
-def import_in_background() -> None:
-    """Start importing GX on a daemon thread, once per process: the import takes 5-10 s on the 2-core machine,
-    paid by the first check of a run otherwise. A later ``import great_expectations`` waits for it to finish."""
-    with _IMPORT_LOCK:
-        if not _IMPORTING:
-            _IMPORTING.append(threading.Thread(target=_import_great_expectations, name="import-gx", daemon=True))
-            _IMPORTING[0].start()
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home (set before any import)
 
 
 @dataclass
@@ -54,13 +43,7 @@ class GreatExpectationsResource(ConfigurableResource):
 
     max_rows_reported: int = 20
 
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        # Resources are set up when a run (in-process: all its steps) starts, so the import overlaps the steps
-        # before the first check: raw_drive and decode_drive, which mostly wait on native code and a child.
-        import_in_background()
-
     def validate(self, suite: str, frame: pd.DataFrame, expectations: list[Any], id_columns: list[str]) -> SuiteOutcome:
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home
         import great_expectations as gx
 
         context = gx.get_context(mode="ephemeral")
