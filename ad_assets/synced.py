@@ -36,6 +36,7 @@ from ad_core.quality.sync_rules import REFERENCE_CHECK, SYNCED_RULES, sync_table
 from ad_core.sync import SyncReport, sync_drive
 from ad_core.sync.plan import SyncPlan, build_sync_plan, mdf_clock_offset
 from ad_core.sync.profiles import ProfileError, load_profiles, profiles_version, select_profile
+from ad_core.sync.version import SYNC_VERSION
 from ad_resources.lake import Lake
 from ad_resources.landing import LandingZone
 from ad_resources.quality import GreatExpectationsResource
@@ -195,6 +196,7 @@ def definitions(market: str, lateness_slo: timedelta = LATENESS_SLO) -> Definiti
                 "drives that never sync.",
             ),
         ],
+        code_version=SYNC_VERSION,
         kinds={"parquet"},
         description=f"A {market.upper()} drive as training frames: one row per reference frame (the front camera, "
         "or what the drive's sensor profile names: another camera, a lidar, a 10 Hz grid for signal-only drives) "

@@ -1,4 +1,5 @@
-"""What code trained a model: the trainer's own version, the git commit and the decoder that made its frames."""
+"""What code trained a model: the trainer's own version, the git commit, and the decoder and sync that made its
+frames."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from functools import cache
 from pathlib import Path
 
 from ad_core.decode.version import DECODER_VERSION
+from ad_core.sync.version import SYNC_VERSION
 
 TRAINER_VERSION = "1.0.0"  # bump when the data pipeline, model or loop change what a retrain produces
 
@@ -40,8 +42,8 @@ def git_sha() -> str:
 
 
 def code_version() -> str:
-    """``trainer <v>+git <sha>+decoder <v>``: one string for tags and the gate's audit record."""
-    return f"trainer-{TRAINER_VERSION}+git-{git_sha()[:12]}+decoder-{DECODER_VERSION}"
+    """``trainer-<v>+git-<sha12>+decoder-<v>+sync-<v>``: one string for tags and the gate's audit record."""
+    return f"trainer-{TRAINER_VERSION}+git-{git_sha()[:12]}+decoder-{DECODER_VERSION}+sync-{SYNC_VERSION}"
 
 
 def version_tags() -> dict[str, str]:
@@ -50,4 +52,5 @@ def version_tags() -> dict[str, str]:
         "git_sha": git_sha(),
         "trainer_version": TRAINER_VERSION,
         "decoder_version": DECODER_VERSION,
+        "sync_version": SYNC_VERSION,
     }

@@ -14,7 +14,10 @@ from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
 from ad_assets import models, shards
 from ad_common.lake_layout import MODEL_APPROVALS, search_best_params_path
+from ad_core.decode.version import DECODER_VERSION
+from ad_core.sync.version import SYNC_VERSION
 from ad_core.train.mlflow_io import load_model
+from ad_core.train.version import TRAINER_VERSION, git_sha
 from ad_platform.cli import main as cli
 from ad_resources.catalog import DuckDBCatalog
 from ad_resources.lake import LocalLake
@@ -93,7 +96,9 @@ def test_train_register_approve_load_by_alias_then_a_retrain_that_does_not_beat_
         v1 = client.get_model_version(NAME, "1")
         assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
         assert v1.tags["manifest_sha256"] == sha and v1.tags["split_version"] == "v1"
-        assert v1.tags["code_version"].startswith("trainer-") and "decoder-" in v1.tags["code_version"]
+        versions = f"trainer-{TRAINER_VERSION}+git-{git_sha()[:12]}+decoder-{DECODER_VERSION}+sync-{SYNC_VERSION}"
+        assert v1.tags["code_version"] == versions
+        assert (v1.tags["decoder_version"], v1.tags["sync_version"]) == (DECODER_VERSION, SYNC_VERSION)
         run = client.get_run(v1.run_id)
         assert run.info.status == "FINISHED"  # ended explicitly, not left RUNNING
         assert run.data.tags["dagster_run_id"] == first.run_id
