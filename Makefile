@@ -17,6 +17,9 @@ export DAGSTER_HOME ?= $(AD_STATE_DIR)/dagster_home
 DEMO_DRIVES ?= 5
 DEMO_MARKETS ?= de,us,cn,jp
 DEMO_MINUTES ?= 1
+# pytest workers (pytest-xdist): the suite waits on servers and subprocesses much of its time, so 2 workers halve it
+# on 2 cores. --dist loadfile keeps a file's tests, and so its session fixtures (Label Studio), on one worker.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test dev lint fmt bench-ingest bench-e2e bench-ros2 bench-sync bench-sensor bench-curate bench-train mlflow-ui clean lock deploy-check checkov checkov-venv dbt-manifest dbt-docs review-venv review
 
@@ -59,7 +62,7 @@ demo: $(STAMP) $(DBT_MANIFEST)
 test: $(STAMP) $(DBT_MANIFEST)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -rs -q $(PYTEST_ARGS)
+	$(PY) -m pytest -rs -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 dev: $(STAMP) $(DBT_MANIFEST)
 	mkdir -p $(DAGSTER_HOME)
