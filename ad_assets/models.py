@@ -78,6 +78,11 @@ class TrainSettings(Config):
     )
     shuffle_buffer: int = Field(default=1024, description="Samples each loader worker mixes (bounded memory).")
     device: str = Field(default="cpu", description="cpu, or cuda (NCCL between ranks; not run on a GPU yet).")
+    ema_decay: float = Field(
+        default=0.9,
+        description="Validate, keep and register an exponential moving average of the weights (per step; 0: the raw "
+        "weights).",
+    )
     use_search_params: bool = Field(
         default=True, description="Take learning rate, weight decay, dropout, batch size from the latest model search."
     )
@@ -113,6 +118,7 @@ class TrainSettings(Config):
             shuffle_buffer=self.shuffle_buffer,
             image=ImageSpec(self.image_height, self.image_width, self.crop_top),
             device=self.device,
+            ema_decay=self.ema_decay,
         )
 
 

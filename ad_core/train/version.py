@@ -11,7 +11,7 @@ from pathlib import Path
 from ad_core.decode.version import DECODER_VERSION
 from ad_core.sync.version import SYNC_VERSION
 
-TRAINER_VERSION = "1.0.0"  # bump when the data pipeline, model or loop change what a retrain produces
+TRAINER_VERSION = "1.1.0"  # bump when the data pipeline, model or loop change what a retrain produces
 
 
 @cache
