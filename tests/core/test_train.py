@@ -94,6 +94,10 @@ def test_a_tiny_training_run_is_reproducible_and_evaluates_per_slice(manifest: t
     runs = [train(train_split, None, params) for _ in range(2)]
     preds = [predict(r.model, test, params.image, workers=0)[0] for r in runs]
     assert np.array_equal(preds[0], preds[1])
+    # What is kept is the weights' moving average: it shadows training (the same losses) but is another model.
+    raw = train(train_split, None, replace(params, ema_decay=0.0))
+    assert [h.train_loss for h in raw.history] == [h.train_loss for h in runs[0].history]
+    assert not np.array_equal(predict(raw.model, test, params.image, workers=0)[0], preds[0])
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # else deterministic mode raises on a GPU's first matmul
     report = evaluate(preds[0], test, runs[0].target_mean)
     assert report["markets"]["de"]["frames"] == test.frames == 32
