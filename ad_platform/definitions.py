@@ -117,7 +117,7 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         # imported it once forks ready step processes; Great Expectations too, which the checks of the ingest steps
         # import otherwise, 3-8 s each.
         executor=multiprocess_executor.configured(
-            {"start_method": {"forkserver": {"preload_modules": [__name__, "great_expectations"]}}},
+            {"start_method": {"forkserver": {"preload_modules": [__name__, "ad_common.gx"]}}},
             name="multiprocess_forkserver",
         ),
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).

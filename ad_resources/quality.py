@@ -4,22 +4,20 @@
 pandas dataframe batch, a validation definition per suite. Expectations run on the small profile tables of
 ``ad_core.quality.profile`` (one row per stream or per signal), never on whole drives.
 
-GX is imported by the first validation of a process, on the thread that validates (launched runs have it from
-the step forkserver's preload, ``ad_platform/definitions.py``). Never on a background thread: its import pulls in
-sqlalchemy.orm, scipy, protobuf and more, and a thread importing them while the step's own thread imported one of
-them handed the step a half-imported module (``partially initialized module 'sqlalchemy.orm.exc'``).
+GX is imported (``ad_common.gx``: offline) by the first validation of a process, on the thread that validates;
+launched runs have it from the step forkserver's preload (``ad_platform/definitions.py``). Never on a background
+thread: its import pulls in sqlalchemy.orm, scipy, protobuf and more, and a thread importing them while the step's
+own thread imported one of them handed the step a half-imported module (``partially initialized module
+'sqlalchemy.orm.exc'``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 from dagster import ConfigurableResource
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home (set before any import)
 
 
 @dataclass
@@ -44,7 +42,7 @@ class GreatExpectationsResource(ConfigurableResource):
     max_rows_reported: int = 20
 
     def validate(self, suite: str, frame: pd.DataFrame, expectations: list[Any], id_columns: list[str]) -> SuiteOutcome:
-        import great_expectations as gx
+        from ad_common.gx import gx
 
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = {"globally": False}

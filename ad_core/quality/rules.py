@@ -33,10 +33,7 @@ class QualityRule:
 
 
 def _gx() -> Any:
-    import os
-
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    import great_expectations as gx
+    from ad_common.gx import gx
 
     return gx.expectations
 
