@@ -15,7 +15,7 @@ from ad_common.lake_layout import DRIVE_CHECKS, drive_checks_path, registry_path
 from ad_core.decode.parquet_out import snake
 from ad_core.quality.rules import QualityRule
 from ad_resources.lake import Lake
-from ad_resources.quality import GreatExpectationsResource, SuiteOutcome
+from ad_resources.quality import GreatExpectationsResource, Suite, SuiteOutcome
 
 # Metadata key every per-drive check result carries: the drives of the step that failed it. The drive_checks
 # catalog record (the dbt catalog's QA status per drive) is derived from it.
@@ -64,17 +64,27 @@ def evaluate_rules(
     gx: GreatExpectationsResource,
     details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[AssetCheckResult]:
-    """One result per rule over all drives of the step (one drive per run from the sensor, many in backfills).
+    """One result per rule over all drives of the step (one drive per run from the sensor, many in backfills);
+    one GX validation per drive and table, covering every rule on that table.
 
     ``tables``: drive -> table name -> the dataframe a rule's expectations run on; ``details``: rule name ->
     extra metadata for its result (texts too long for the failing-rows table, such as a full reason).
     """
+    by_drive = {
+        drive: {
+            name: gx.validate(
+                f"{name}__{drive}",
+                frame,
+                {r.name: Suite(r.expectations(), list(r.id_columns)) for r in rules if r.table == name},
+            )
+            for name, frame in drive_tables.items()
+            if any(r.table == name for r in rules)
+        }
+        for drive, drive_tables in tables.items()
+    }
     results = []
     for rule in rules:
-        outcomes = {
-            drive: gx.validate(f"{rule.name}__{drive}", t[rule.table], rule.expectations(), list(rule.id_columns))
-            for drive, t in tables.items()
-        }
+        outcomes = {drive: validated[rule.table][rule.name] for drive, validated in by_drive.items()}
         failed = {d: o for d, o in outcomes.items() if not o.success}
         metadata: dict[str, Any] = {
             "drives_checked": len(outcomes),

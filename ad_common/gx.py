@@ -1,6 +1,7 @@
 """Great Expectations, imported offline: this module turns GX's analytics off (no network here; never phone home)
-before importing it. GX is ~1,200 modules and 3-8 s, so import this lazily, on the thread that validates
-(``ad_resources/quality.py`` says why never on a background thread), or preload it (the step forkserver)."""
+before importing it. GX is ~1,200 modules and 2-8 s: processes that execute steps import it before their first step
+(``ad_platform/step_process.py``), others lazily, on the thread that validates (``ad_resources/quality.py`` says
+why never on a background thread)."""
 
 import os
 

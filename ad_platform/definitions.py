@@ -114,10 +114,10 @@ def build_definitions(lateness_slo: timedelta = LATENESS_SLO) -> Definitions:
         loggers=platform_loggers(),  # console + structured JSON lines (docs/observability.md)
         # Launched runs (UI, sensors, backfills) run each step in its own process. The default start method,
         # spawn, imports the whole graph (torch, MLflow, dbt) again in every step; a forkserver that has
-        # imported it once forks ready step processes; Great Expectations too, which the checks of the ingest steps
-        # import otherwise, 3-8 s each.
+        # imported it once, and then prepared itself (ad_platform/step_process.py: Great Expectations, the
+        # collector), forks ready step processes.
         executor=multiprocess_executor.configured(
-            {"start_method": {"forkserver": {"preload_modules": [__name__, "ad_common.gx"]}}},
+            {"start_method": {"forkserver": {"preload_modules": [__name__, "ad_platform.step_process"]}}},
             name="multiprocess_forkserver",
         ),
         # Local folders by default; S3 when AD_LANDING_URL / AD_LAKE_URL are s3:// URLs (docs/architecture-s3.md).

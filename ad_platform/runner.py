@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
 import time
@@ -39,6 +40,7 @@ from ad_common.stages import (
     TRAINED_MODEL,
     job_asset_keys,
 )
+from ad_core.decode.isolate import start_forkserver
 from ad_sensors.landing import DRIVE_VERSION_REASON_TAG, LandingSensorSettings, Notice, landing_tick
 
 CURSOR_FILE = "run_once_cursor.json"
@@ -110,6 +112,14 @@ def _failure_reason(result: Any) -> str:
     return "run failed"
 
 
+def prepare_process() -> None:
+    """What run-once does once per process before it executes a step: start the MDF decoders' forkserver (its
+    preload runs on the other core meanwhile), then prepare this process as the step forkserver of launched runs
+    prepares itself (``ad_platform/step_process.py``)."""
+    start_forkserver()
+    importlib.import_module("ad_platform.step_process")
+
+
 def run_once(
     defs: Definitions,
     instance: DagsterInstance | Callable[[], DagsterInstance],
@@ -131,6 +141,7 @@ def run_once(
     """
     state = state_dir or settings.state_dir()
     with run_once_lock(state, wait=wait_for_lock):
+        prepare_process()
         instance = instance if isinstance(instance, DagsterInstance) else instance()
         recover_after_kill(defs, instance, log)
         tick_settings = type(

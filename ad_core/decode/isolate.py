@@ -9,7 +9,8 @@ re-raised in the parent (same type where it pickles, else ``RuntimeError``), cha
 
 Children come from a ``forkserver`` (threads run in the parent: a plain ``fork`` could copy a held lock). The
 server preloads the MDF decoder (numpy, pyarrow, asammdf: ~1 s of imports), so each child after the first starts
-warm in a few milliseconds; the first child of a process overlaps its start with the MCAP decoding in the parent.
+warm in a few milliseconds. run-once starts the server with the process (``start_forkserver``); elsewhere the first
+child of a process overlaps the server's start with the MCAP decoding in the parent.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ def _context() -> Any:
             ctx.set_forkserver_preload(PRELOAD)
             _CTX = ctx
         return _CTX
+
+
+def start_forkserver() -> None:
+    """Start the server now, without waiting for its preload: it imports the MDF decoder on another core while
+    this process goes on, and the first child is then forked warm. For a process that isolates itself (run-once);
+    never in one that forks processes which isolate (a step forkserver): they would inherit a server that is not
+    their child, which multiprocessing's liveness check (``waitpid``) cannot supervise."""
+    import multiprocessing.forkserver
+
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 class _ChildError(Exception):

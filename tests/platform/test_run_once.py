@@ -314,3 +314,23 @@ def test_run_once_while_another_holds_the_lock_does_nothing(state: Path) -> None
         with pytest.raises(RunOnceBusy, match=rf"another run-once \(pid {os.getpid()}, since .*\) holds"):
             run_once(build_definitions(), instance, state_dir=state, log=print, settle_s=0)
         assert instance.get_runs() == []
+
+
+def test_run_once_prepares_its_process_before_the_first_step_as_the_step_forkserver_does() -> None:
+    """GX imported, the startup heap frozen out of the collector's way, the MDF decoders' forkserver running."""
+    code = (
+        "import gc, json, os, sys\n"
+        "import multiprocessing.forkserver as forkserver\n"
+        "from ad_platform.runner import prepare_process\n"
+        "before = 'great_expectations' in sys.modules\n"
+        "prepare_process()\n"
+        "pid = forkserver._forkserver._forkserver_pid\n"
+        "alive = pid is not None and os.waitpid(pid, os.WNOHANG) == (0, 0)\n"
+        "print(json.dumps({'gx_before': before, 'gx': 'great_expectations' in sys.modules,\n"
+        "    'frozen': gc.get_freeze_count(), 'forkserver_alive': alive}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (seen["gx_before"], seen["gx"], seen["forkserver_alive"]) == (False, True, True)
+    assert seen["frozen"] > 100_000  # the definitions' and GX's objects (~750,000 measured)
