@@ -7,11 +7,13 @@ once complete, so a killed process leaves at worst a stale ``.tmp-*`` entry that
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TMP_MARKER = ".tmp-"
@@ -33,6 +35,28 @@ def sweep_stale_temporaries(final: Path) -> None:
             if leftover.stat().st_mtime > cutoff:
                 continue
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, do not wait
+
+
+def start_writeback(fd: int) -> bool:
+    """Ask the kernel to start writing a growing file's dirty pages to disk now, without waiting for it
+    (Linux ``sync_file_range``; PostgreSQL's ``backend_flush_after`` does the same). The commit's fsync then finds
+    them written: measured on 800 MB, 0.24-0.28 s of fsync became 0.02-0.04 s, for ~0.05 s more write time.
+    Advisory: False where the call does not exist or was refused, which only loses the head start."""
+    return _SYNC_FILE_RANGE is not None and _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def _fsync_dir(path: Path) -> None:

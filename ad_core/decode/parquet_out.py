@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ad_common.atomic import start_writeback
 from ad_core.quality.profile import StreamProfiler, profile_stream
 
 from .report import StreamReport
@@ -187,6 +188,7 @@ class StreamSink:
         self.closed = False
         self.owner = threading.get_ident()
         self._profiler: StreamProfiler | None = None  # fed by the writer thread, in the order rows are written
+        self._writeback_fd: int | None = None  # the output file, for start_writeback as it grows
 
     # ---------------------------------------------------------------- input
     def append(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -280,6 +282,7 @@ class StreamSink:
         if self.schema is None:
             self.schema = self._establish_schema(table)
             self._writer = pq.ParquetWriter(self.path, self.schema, **_writer_options(self.schema))
+            self._writeback_fd = os.open(self.path, os.O_RDONLY)
         table = self._conform(table)
         self.manager.writer.submit(self._write, table)
 
@@ -291,6 +294,8 @@ class StreamSink:
         self._profiler.update(table)  # the quality profile, from the rows as written: no reading back
         # frame tables: exactly rg_rows per row group so frame i -> row group i // rg_rows
         self._writer.write_table(table, row_group_size=self.rg_rows if self.frames else max(1, table.num_rows))
+        assert self._writeback_fd is not None
+        start_writeback(self._writeback_fd)  # the disk writes while decoding goes on, not at the commit's fsync
 
     def close_from_sources(self, source_files: list[str], file_hashes: dict[str, str]) -> StreamReport:
         """Close a stream fed by several input files, recording their names and SHA-256s in the same order."""
@@ -315,6 +320,12 @@ class StreamSink:
         r.rows += table.num_rows
 
     # ---------------------------------------------------------------- close
+    def release(self) -> None:
+        """Close the descriptor kept for writeback (also for a sink that a failed decode never closed)."""
+        if self._writeback_fd is not None:
+            os.close(self._writeback_fd)
+            self._writeback_fd = None
+
     def close(self, extra_metadata: dict[str, str] | None = None) -> StreamReport:
         if self.closed:
             return self.report
@@ -331,6 +342,7 @@ class StreamSink:
         if md:
             self._writer.add_key_value_metadata(md)
         self._writer.close()
+        self.release()
         if self.needs_resort:  # written out of order: the profile is taken from the sorted file
             _resort_parquet(self.path, self.rg_rows, self.frames)
             r.quality = profile_stream(self.path)
@@ -433,7 +445,11 @@ class SinkManager:
                 break
 
     def shutdown(self) -> None:
-        self.writer.shutdown()
+        try:
+            self.writer.shutdown()
+        finally:
+            for s in self.sinks:
+                s.release()
 
 
 def read_frame(parquet_path: str | os.PathLike[str], i: int, column: str = "data") -> bytes:
