@@ -24,6 +24,8 @@ from .mdf import _asammdf, decode_mdf
 from .parquet_out import SinkManager
 from .report import DecodeError, StreamReport
 
+PROGRESS_EVERY_S = 5.0  # at most one channel group's line per this many seconds
+
 _asammdf()  # imported by the forkserver at its start: every child starts with asammdf (and its deps) imported
 
 
@@ -42,6 +44,16 @@ def decode_mdf_files(
     def log(msg: str) -> None:
         send(("log", msg))
 
+    last_progress = -float("inf")
+
+    def progress(msg: str) -> None:
+        """A channel group's line, at most one per PROGRESS_EVERY_S: each line is an event in the run's log, and
+        a logger's file can hold hundreds of groups."""
+        nonlocal last_progress
+        if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+            last_progress = time.monotonic()
+            log(msg)
+
     paths = [Path(f) for f in files]
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
     hashes = {p.name: hasher.submit(sha256_file, p) for p in paths if p.name not in known_sha256}
@@ -56,7 +68,7 @@ def decode_mdf_files(
             send(("file", p.name))
             t1 = time.perf_counter()
             try:
-                file_sinks, skipped, errs = decode_mdf(p, manager, can, base_meta, log)
+                file_sinks, skipped, errs = decode_mdf(p, manager, can, base_meta, progress)
             except DecodeError as exc:
                 failed.append(str(exc))
                 continue
@@ -67,7 +79,11 @@ def decode_mdf_files(
             reports.extend(skipped)
             errors.extend(errs)
             dt = time.perf_counter() - t1
-            log(f"{p.name}: MDF read in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+            rows = sum(sink.report.rows + sink.pending_rows for sink in file_sinks)
+            log(
+                f"{p.name}: MDF read in {dt:.2f} s ({p.stat().st_size / 1e6 / max(dt, 1e-9):.0f} MB/s), "
+                f"{len(file_sinks)} channel-group tables, {rows} rows"
+            )
         send(("file", None))
         file_hashes = {p.name: known_sha256[p.name] for p in paths if p.name in known_sha256}
         file_hashes.update({k: f.result() for k, f in hashes.items()})
