@@ -81,8 +81,9 @@ bench-ingest: $(STAMP)
 
 # ~1 GB and ~4 GB drives through run-once (landing -> raw -> decoded -> synced, checks included) against
 # decode_drive alone; drives cached in $(AD_STATE_DIR)/bench-e2e (~5 GB; `rm -rf` it when done).
+E2E_ARGS ?=
 bench-e2e: $(STAMP) $(DBT_MANIFEST)
-	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/bench_e2e.py $(E2E_ARGS)
 
 bench-ros2: $(STAMP)
 	$(PY) benchmarks/bench_ros2_nested.py
