@@ -56,30 +56,40 @@ CHECK_SLICES = "odd_slices_beat_baseline"
 SEARCHED_PARAMS = ("learning_rate", "weight_decay", "dropout", "batch_size")
 
 
+# The trainer's defaults (ad_core.train.loop.TrainParams): the config shows and overrides them, never restates
+# them, so a launched training, a model search's trials and the benches train alike.
+_TRAINER = TrainParams()
+
+
 class TrainSettings(Config):
-    epochs: int = Field(default=8, description="Passes over the train split.")
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    dropout: float = 0.0
-    seed: int = 0
-    workers: int = Field(default=1, description="DataLoader processes decoding JPEGs (0: in the trainer).")
-    threads: int = Field(
-        default=2, description="torch threads of each rank (part of determinism; ranks x threads <= cores)."
+    epochs: int = Field(default=_TRAINER.epochs, description="Passes over the train split.")
+    batch_size: int = _TRAINER.batch_size
+    learning_rate: float = _TRAINER.learning_rate
+    weight_decay: float = _TRAINER.weight_decay
+    dropout: float = _TRAINER.dropout
+    seed: int = _TRAINER.seed
+    workers: int = Field(
+        default=_TRAINER.workers, description="DataLoader processes decoding JPEGs (0: in the trainer)."
     )
-    flip: bool = Field(default=True, description="Mirror half the frames, steering negated.")
-    image_height: int = 66
-    image_width: int = 200
-    crop_top: float = 0.40
+    threads: int = Field(
+        default=_TRAINER.threads,
+        description="torch threads of each rank (part of determinism; ranks x threads <= cores).",
+    )
+    flip: bool = Field(default=_TRAINER.flip, description="Mirror half the frames, steering negated.")
+    image_height: int = _TRAINER.image.height
+    image_width: int = _TRAINER.image.width
+    crop_top: float = _TRAINER.image.crop_top
     ranks: int = Field(
         default=1,
         description="Data-parallel ranks (torch.distributed): 1 trains in the step's process; N launches N ranks "
         "through the training launcher resource (local torchrun, or pods on the GPU pool). batch_size is global.",
     )
-    shuffle_buffer: int = Field(default=1024, description="Samples each loader worker mixes (bounded memory).")
-    device: str = Field(default="cpu", description="cpu, or cuda (NCCL between ranks; not run on a GPU yet).")
+    shuffle_buffer: int = Field(
+        default=_TRAINER.shuffle_buffer, description="Samples each loader worker mixes (bounded memory)."
+    )
+    device: str = Field(default=_TRAINER.device, description="cpu, or cuda (NCCL between ranks; not run on a GPU yet).")
     ema_decay: float = Field(
-        default=0.9,
+        default=_TRAINER.ema_decay,
         description="Validate, keep and register an exponential moving average of the weights (per step; 0: the raw "
         "weights).",
     )
@@ -456,9 +466,9 @@ class SearchSettings(Config):
     n_trials: int = Field(default=8, description="Optuna trials (each a nested MLflow run).")
     epochs: int = Field(default=2, description="Epochs per trial.")
     max_frames_per_drive: int | None = Field(default=300, description="Frames per drive per trial (None: all).")
-    seed: int = 0
-    workers: int = 1
-    threads: int = 2
+    seed: int = _TRAINER.seed
+    workers: int = _TRAINER.workers
+    threads: int = _TRAINER.threads
 
 
 def _holdout(split: SplitFrames, share: float = 0.2) -> tuple[SplitFrames, SplitFrames]:

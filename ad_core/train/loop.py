@@ -39,7 +39,7 @@ class TrainParams:
     workers: int = 1  # DataLoader processes decoding JPEGs (0: decode in the training process)
     threads: int = 2  # torch intra-op threads of the training process
     flip: bool = True  # mirror half the frames (steering negated): left- and right-hand traffic alike
-    shuffle_buffer: int = 512
+    shuffle_buffer: int = 1024  # frames each loader worker mixes (bounded memory)
     image: ImageSpec = field(default_factory=ImageSpec)
     device: str = "cpu"  # "cuda": each rank trains on GPU LOCAL_RANK (NCCL); not run on a GPU so far
     # Validate and keep an exponential moving average of the weights (per step; 0: the raw weights). With a few

@@ -287,3 +287,12 @@ def test_gate_fails_a_market_whose_test_split_is_too_straight_to_judge() -> None
     report["markets"]["de"]["baseline_mae"] = 0.6
     passed, description, _ = models.gate(report, None, models.TrainSettings())[models.CHECK_BASELINE]
     assert not passed and description.endswith("; not in ['de']")
+
+
+def test_the_training_config_and_the_model_search_default_to_the_trainers_own_parameters() -> None:
+    """A launched training, a search's trials and the benches train alike unless a run's config says otherwise."""
+    from ad_core.train.loop import TrainParams
+
+    assert models.TrainSettings().params() == TrainParams()
+    search = models.SearchSettings()
+    assert (search.seed, search.workers, search.threads) == (TrainParams.seed, TrainParams.workers, TrainParams.threads)
