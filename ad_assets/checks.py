@@ -70,21 +70,24 @@ def evaluate_rules(
     ``tables``: drive -> table name -> the dataframe a rule's expectations run on; ``details``: rule name ->
     extra metadata for its result (texts too long for the failing-rows table, such as a full reason).
     """
-    by_drive = {
+    by_table: dict[str, list[QualityRule]] = {}
+    for rule in rules:
+        by_table.setdefault(rule.table, []).append(rule)
+    validated = {  # drive -> rule name -> outcome
         drive: {
-            name: gx.validate(
-                f"{name}__{drive}",
-                frame,
-                {r.name: Suite(r.expectations(), list(r.id_columns)) for r in rules if r.table == name},
-            )
-            for name, frame in drive_tables.items()
-            if any(r.table == name for r in rules)
+            name: outcome
+            for table, table_rules in by_table.items()
+            for name, outcome in gx.validate(
+                f"{table}__{drive}",
+                drive_tables[table],
+                {r.name: Suite(r.expectations(), list(r.id_columns)) for r in table_rules},
+            ).items()
         }
         for drive, drive_tables in tables.items()
     }
     results = []
     for rule in rules:
-        outcomes = {drive: validated[rule.table][rule.name] for drive, validated in by_drive.items()}
+        outcomes = {drive: by_rule[rule.name] for drive, by_rule in validated.items()}
         failed = {d: o for d, o in outcomes.items() if not o.success}
         metadata: dict[str, Any] = {
             "drives_checked": len(outcomes),

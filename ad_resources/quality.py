@@ -54,8 +54,9 @@ class GreatExpectationsResource(ConfigurableResource):
     max_rows_reported: int = 20
 
     def validate(self, name: str, frame: pd.DataFrame, suites: Mapping[str, Suite]) -> dict[str, SuiteOutcome]:
-        """One GX validation of ``frame`` over every suite's expectations (each tagged with its suite), split back
-        into one outcome per suite: the rules on one table cost one validation run, not one each."""
+        """One GX validation of ``frame`` over every suite's expectations, split back into one outcome per suite:
+        the rules on one table cost one validation run, not one each. Each expectation's ``meta`` is tagged with
+        its suite (pass fresh expectations: GX adds them to its suite as they are)."""
         from ad_common.gx import gx
 
         if frame.empty:
